@@ -6,6 +6,9 @@ from pathlib import Path
 # Must happen before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Loading cached CPU executables logs a harmless C++ warning per entry about tuning flags
+# (+prefer-no-scatter); level 3 keeps the output readable.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
 
