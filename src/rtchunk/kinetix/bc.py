@@ -1,0 +1,294 @@
+"""``rtchunk train-policy``: behaviour cloning of the flow policy on expert data, one policy per level.
+
+Flow matching on chunks of H consecutive expert actions (zeroed after the episode's end), AdamW 3e-4
+with weight decay 1e-2, 1000 warm-up steps, gradient clipping at 10, batch 512, 32 epochs (the papers'
+settings). All levels train together: their weights are stacked, the update is vmapped over levels and
+the level axis is sharded over the devices. Optional training-time RTC (``simulated_delay``): the first
+d tokens of each chunk are given clean, d drawn from ``TrainingDelays``.
+
+Every epoch writes, atomically, one policy checkpoint per level (``<out>/<level>/epoch_XXX``) and the
+full training state (``<out>/train_state``); an interrupted run resumes after its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Callable, Literal
+
+import flax.nnx as nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from rtchunk import checkpoints
+from rtchunk.kinetix import dataset as dataset_lib
+from rtchunk.kinetix import parallel
+from rtchunk.model import FlowPolicy, ModelConfig, TrainingDelays, flow_matching_loss
+
+TRAIN_STATE = "train_state"
+
+
+@dataclasses.dataclass(frozen=True)
+class BCConfig:
+    data_dir: Path
+    """Directory of per-level datasets written by ``rtchunk generate-data``."""
+    out_dir: Path
+    levels: tuple[str, ...] = ()
+    """Levels to train (dataset names in data_dir); empty = all."""
+    model: ModelConfig = ModelConfig()
+    batch_size: int = 512
+    num_epochs: int = 32
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-2
+    warmup_steps: int = 1000
+    grad_clip: float = 10.0
+    max_steps_per_epoch: int | None = None
+    """Cap on updates per epoch (small CPU runs); None = one pass over the data."""
+    simulated_delay: int | None = None
+    """Training-time RTC as in the papers' code: delays 0..simulated_delay-1 (the papers fine-tune with 5)."""
+    min_delay: int = 0
+    delay_distribution: Literal["exp", "uniform"] = "exp"
+    delay_decay: float = 1.0
+    init_from: Path | None = None
+    """A train-policy output directory to start from (the papers fine-tune the epoch-24 checkpoint)."""
+    init_epoch: int | None = None
+    """Which epoch of init_from (default: its last)."""
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("batch_size", "num_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("learning_rate", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.simulated_delay is not None and not 1 <= self.simulated_delay <= self.model.horizon:
+            raise ValueError(
+                f"simulated_delay must be in [1, horizon={self.model.horizon}] (delays 0..simulated_delay-1), "
+                f"got {self.simulated_delay}"
+            )
+        self.training_delays()  # validates the delay distribution
+
+    def training_delays(self) -> TrainingDelays | None:
+        if self.simulated_delay is None:
+            return None
+        return TrainingDelays(self.min_delay, self.simulated_delay - 1, self.delay_distribution, self.delay_decay)
+
+
+def make_optimizer(config: BCConfig) -> optax.GradientTransformation:
+    schedule = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(schedule if config.warmup_steps else config.learning_rate, weight_decay=config.weight_decay),
+    )
+
+
+def make_train_steps(graphdef, optimizer, delays: TrainingDelays | None, batch_size: int, horizon: int):
+    """``run(params, opt_state, data, perm, start, rng, num_steps) -> (params, opt_state, mean_loss)`` for
+    one level; ``perm`` is the epoch's sample order, ``start`` the first update index within it."""
+
+    def one_step(carry, i):
+        params, opt_state, data, perm, rng = carry
+        obs, action, left = data
+        num_steps_in_data = action.shape[1]
+        idx = jax.lax.dynamic_slice(perm, (i * batch_size,), (batch_size,))
+        env_idx, step_idx = idx // num_steps_in_data, idx % num_steps_in_data
+        chunk = dataset_lib.chunk_actions(action, left, env_idx, step_idx, horizon)
+        step_obs = obs[env_idx, step_idx]
+        key = jax.random.fold_in(rng, i)
+
+        def loss_fn(p):
+            return flow_matching_loss(nnx.merge(graphdef, p), key, step_obs, chunk, delays)
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, data, perm, rng), loss
+
+    def run(params, opt_state, data, perm, start, rng, num_steps: int):
+        (params, opt_state, *_), losses = jax.lax.scan(
+            one_step, (params, opt_state, data, perm, rng), start + jnp.arange(num_steps)
+        )
+        return params, opt_state, losses.mean()
+
+    return run
+
+
+def _dataset_names(config: BCConfig) -> list[str]:
+    root = Path(config.data_dir)
+    if not root.is_dir():
+        raise ValueError(f"data_dir {root} does not exist (run `rtchunk generate-data` first)")
+    available = sorted(p.name for p in root.iterdir() if (p / checkpoints.META).is_file())
+    if not available:
+        raise ValueError(f"data_dir {root} holds no datasets")
+    if not config.levels:
+        return available
+    missing = [lvl for lvl in config.levels if lvl not in available]
+    if missing:
+        raise ValueError(f"no dataset for level(s) {missing} in {root}; available: {available}")
+    return list(config.levels)
+
+
+def _epoch_dir(out: Path, level: str, epoch: int) -> Path:
+    return Path(out) / level / f"epoch_{epoch:03d}"
+
+
+def last_epoch(run_dir: Path, level: str) -> int | None:
+    epochs = sorted(int(p.name.split("_")[1]) for p in (Path(run_dir) / level).glob("epoch_*")
+                    if (p / checkpoints.META).is_file())
+    return epochs[-1] if epochs else None
+
+
+def _resume_key(config: BCConfig, names: list[str]) -> dict:
+    # Everything that must not change between an interrupted run and its resumption.
+    body = checkpoints.to_jsonable(config)
+    for volatile in ("num_epochs", "progress", "out_dir"):
+        body.pop(volatile)
+    body["levels"] = names
+    return body
+
+
+def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], dict] | None = None) -> Path:
+    """Train (or resume) one flow policy per level; returns the output directory.
+
+    ``evaluate(level, policy, meta) -> stats`` runs after every epoch when given (a quick evaluation).
+    """
+    names = _dataset_names(config)
+    names = parallel.my_share(names)
+    datasets = [dataset_lib.load(Path(config.data_dir) / n) for n in names]
+    obs_dims = {d.obs.shape[-1] for d, _ in datasets}
+    action_dims = {d.action.shape[-1] for d, _ in datasets}
+    if len(obs_dims) != 1 or len(action_dims) != 1:
+        raise ValueError(f"all levels must share observation and action sizes, got {obs_dims} and {action_dims}")
+    obs_dim, action_dim = obs_dims.pop(), action_dims.pop()
+    sizes = {d.done.shape for d, _ in datasets}
+    if len(sizes) != 1:
+        raise ValueError(f"all datasets must have the same [envs, steps] shape to train together, got {sorted(sizes)}")
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    delays = config.training_delays()
+
+    model_config = config.model
+    graphdef = None
+    params_list = []
+    for i, name in enumerate(names):
+        if config.init_from is not None:
+            epoch = config.init_epoch if config.init_epoch is not None else last_epoch(config.init_from, name)
+            if epoch is None:
+                raise ValueError(f"init_from {config.init_from} has no checkpoint for level {name}")
+            policy, meta = checkpoints.load_policy(_epoch_dir(config.init_from, name, epoch))
+            if (policy.obs_dim, policy.action_dim) != (obs_dim, action_dim):
+                raise ValueError(
+                    f"init_from checkpoint for {name} has obs/action dims {(policy.obs_dim, policy.action_dim)}, "
+                    f"the data has {(obs_dim, action_dim)}"
+                )
+            model_config = policy.config
+        else:
+            policy = FlowPolicy(obs_dim, action_dim, model_config, rngs=nnx.Rngs(config.seed * 1000 + i))
+        graphdef, params = nnx.split(policy, nnx.Param)
+        params_list.append(params)
+    params = jax.tree.map(lambda *x: jnp.stack(x), *params_list)
+
+    optimizer = make_optimizer(config)
+    opt_state = jax.vmap(optimizer.init)(params)
+    start_epoch = 0
+    state_dir = out / TRAIN_STATE
+    resume_key = _resume_key(config, names)
+    if (state_dir / checkpoints.META).is_file():
+        meta = checkpoints.load_meta(state_dir)
+        if meta.get("resume_key") != resume_key:
+            raise ValueError(
+                f"{out} holds a run with different settings; use a new out_dir or the same settings "
+                f"(stored: {json.dumps(meta.get('resume_key'))})"
+            )
+        (params, opt_state), meta = checkpoints.load(state_dir, (params, opt_state))
+        start_epoch = int(meta["epoch"]) + 1
+
+    # Data on the devices, stacked over levels: obs [L, E, T, O], action [L, E, T, A], left [L, E, T].
+    data = (
+        np.stack([d.obs for d, _ in datasets]),
+        np.stack([d.action for d, _ in datasets]),
+        np.stack([dataset_lib.steps_left(d.done) for d, _ in datasets]),
+    )
+    placement = parallel.level_sharding(len(names))
+    data, params, opt_state = jax.device_put((data, params, opt_state), placement)
+
+    num_samples = int(np.prod(data[2].shape[1:]))
+    steps_per_epoch = num_samples // config.batch_size
+    if config.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({num_samples} samples)")
+    run_steps = make_train_steps(graphdef, optimizer, delays, config.batch_size, model_config.horizon)
+    steps_per_call = max(1, min(steps_per_epoch, 50))
+    compiled = {}
+
+    def call(n):
+        if n not in compiled:
+            compiled[n] = jax.jit(jax.vmap(lambda p, o, d, perm, s, r: run_steps(p, o, d, perm, s, r, n),
+                                           in_axes=(0, 0, 0, 0, None, 0)))
+        return compiled[n]
+
+    stats_path = out / "stats.csv"
+    meta_common = {
+        "training_delays": delays,
+        "data_dir": str(config.data_dir),
+        "bc_config": config,
+    }
+    for epoch in range(start_epoch, config.num_epochs):
+        started = time.perf_counter()
+        keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), epoch * 7919 + i))(
+            jnp.arange(len(names))
+        )
+        perms = jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, 1), num_samples))(keys)
+        done_steps, losses = 0, []
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not config.progress,
+                   unit="step", leave=False)
+        while done_steps < steps_per_epoch:
+            n = min(steps_per_call, steps_per_epoch - done_steps)
+            params, opt_state, loss = call(n)(params, opt_state, data, perms, jnp.int32(done_steps), keys)
+            losses.append(np.asarray(loss) * n)
+            done_steps += n
+            bar.update(n)
+            bar.set_postfix(loss=f"{float(np.mean(loss)):.4f}")
+        bar.close()
+        epoch_loss = np.sum(losses, axis=0) / steps_per_epoch
+        rows = []
+        host_params = jax.device_get(params)
+        for i, name in enumerate(names):
+            policy = nnx.merge(graphdef, jax.tree.map(lambda x: x[i], host_params))
+            row = {"epoch": epoch, "level": name, "loss": float(epoch_loss[i]), "steps": (epoch + 1) * steps_per_epoch,
+                   "seconds": round(time.perf_counter() - started, 2)}
+            if evaluate is not None:
+                row.update(evaluate(name, policy, datasets[i][1]))
+            checkpoints.save_policy(_epoch_dir(out, name, epoch), policy, {**meta_common, "level": name,
+                                                                           "epoch": epoch, "stats": row})
+            rows.append(row)
+        checkpoints.save(state_dir, (host_params, jax.device_get(opt_state)),
+                         {"kind": "bc_train_state", "epoch": epoch, "resume_key": resume_key})
+        _append_rows(stats_path, rows)
+        if config.progress:
+            print(f"epoch {epoch + 1}/{config.num_epochs}: " + ", ".join(
+                f"{r['level']} loss {r['loss']:.4f}" + (f" solve {r['solve_rate']:.2f}" if "solve_rate" in r else "")
+                for r in rows))
+    return out
+
+
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    new = not path.exists()
+    fields = list(rows[0])
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)

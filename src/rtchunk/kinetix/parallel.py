@@ -1,0 +1,56 @@
+"""Where work runs: sharding a leading (levels or seeds x levels) axis over this process's devices, and
+splitting levels between the processes of a multi-host run (``jax.distributed``).
+
+Across hosts every process takes its own share of the levels and works on them alone (no collectives),
+writing its levels' outputs; one process per host, started with the same command line plus
+``--coordinator HOST:PORT --num-processes P --process-id I``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence, TypeVar
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """Multi-process settings; leave coordinator empty for a single process."""
+
+    coordinator: str = ""
+    """HOST:PORT of process 0, e.g. 10.0.0.1:8476 (or 127.0.0.1:8476 for processes on one machine)."""
+    num_processes: int = 1
+    process_id: int = 0
+
+    def __post_init__(self):
+        if self.num_processes < 1:
+            raise ValueError(f"num_processes must be >= 1, got {self.num_processes}")
+        if not 0 <= self.process_id < self.num_processes:
+            raise ValueError(f"process_id must be in [0, {self.num_processes - 1}], got {self.process_id}")
+        if self.num_processes > 1 and not self.coordinator:
+            raise ValueError("num_processes > 1 needs coordinator HOST:PORT")
+
+
+def initialize(config: DistributedConfig) -> None:
+    """Join the multi-process runtime (a no-op for a single process)."""
+    if config.num_processes > 1:
+        jax.distributed.initialize(config.coordinator, config.num_processes, config.process_id,
+                                   local_device_ids=None)
+
+
+def my_share(items: Sequence[T]) -> list[T]:
+    """This process's items: every P-th one, starting at its index (all of them in a single process)."""
+    return list(items)[jax.process_index() :: jax.process_count()]
+
+
+def level_sharding(n: int):
+    """Shard a leading axis of size n over this process's devices when it divides evenly, else one device."""
+    devices = jax.local_devices()
+    if n % len(devices) == 0 and len(devices) > 1:
+        return NamedSharding(Mesh(np.array(devices), ("levels",)), PartitionSpec("levels"))
+    return SingleDeviceSharding(devices[0])
