@@ -1,19 +1,50 @@
 """The ``rtchunk`` command: one subcommand per pipeline stage, each parsed by tyro.
 
 Subcommands are imported only when run, so ``rtchunk <cmd>`` pays for its own imports and nothing else.
-Each entry maps a name to ``module:function``; the function's signature (usually one frozen config
-dataclass) is the command line.
+Each entry maps a name to ``module:function``. A function taking one frozen config dataclass gets that
+dataclass as its command line (``--field``, ``--nested.field``); where ``PRESETS`` names a dict of
+ready-made configs, ``--preset NAME`` picks the defaults that the other flags then override.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
+import inspect
 import sys
+import typing
 
 # name -> (module:function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample-demo": ("rtchunk.sample_demo:main", "sample chunks with every method from a random policy (no training)"),
 }
+
+
+# name -> module:ATTRIBUTE holding {preset name: config instance}
+PRESETS: dict[str, str] = {}
+
+
+def _load(target: str):
+    module_name, attr = target.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def _config_type(func):
+    """The dataclass a command function takes as its only parameter, or None."""
+    params = list(inspect.signature(func).parameters.values())
+    if len(params) != 1:
+        return None
+    hint = typing.get_type_hints(func).get(params[0].name)
+    return hint if dataclasses.is_dataclass(hint) else None
+
+
+def _pop_preset(args: list[str]) -> tuple[str | None, list[str]]:
+    for i, arg in enumerate(args):
+        if arg == "--preset" and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2 :]
+        if arg.startswith("--preset="):
+            return arg.split("=", 1)[1], args[:i] + args[i + 1 :]
+    return None, args
 
 
 def _usage() -> str:
@@ -34,11 +65,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import tyro
 
-    module_name, func_name = COMMANDS[name][0].split(":")
-    func = getattr(importlib.import_module(module_name), func_name)
-    result = tyro.cli(
-        func, args=rest, prog=f"rtchunk {name}", description=COMMANDS[name][1], config=(tyro.conf.OmitArgPrefixes,)
-    )
+    func = _load(COMMANDS[name][0])
+    description = COMMANDS[name][1]
+    config_type = _config_type(func)
+    preset, rest = _pop_preset(rest)
+    if config_type is None:
+        if preset is not None:
+            print(f"rtchunk {name}: this command has no presets", file=sys.stderr)
+            return 2
+        result = tyro.cli(func, args=rest, prog=f"rtchunk {name}", description=description)
+    else:
+        presets = _load(PRESETS[name]) if name in PRESETS else {}
+        if preset is not None and preset not in presets:
+            choices = ", ".join(presets) or "none"
+            print(f"rtchunk {name}: unknown preset {preset!r} (choices: {choices})", file=sys.stderr)
+            return 2
+        if presets:
+            description += f" (presets: {', '.join(presets)}; --preset NAME sets the defaults)"
+        kwargs = {"default": presets[preset]} if preset is not None else {}
+        config = tyro.cli(config_type, args=rest, prog=f"rtchunk {name}", description=description, **kwargs)
+        result = func(config)
     return result if isinstance(result, int) else 0
 
 

@@ -1,0 +1,227 @@
+"""``rtchunk train-expert``: PPO experts for many seeds x levels at once, with checkpoints and resume.
+
+Every (level, seed) pair is one learner; learners are vmapped and their axis is sharded over the
+devices, so one compiled update trains them all (the papers: 8 seeds x 12 levels x 65M steps).
+Every ``checkpoint_every`` updates the run evaluates each learner's deterministic policy on fresh
+episodes (solve rate, return, length: first episode of each environment, with action noise), writes
+the weights of all learners with those stats (``checkpoints/update_XXXXXX``) and the complete learner
+state (``runner``). A crashed or interrupted run (Ctrl-C saves first) resumes from there exactly:
+networks, optimisers, environments and random keys are all restored.
+
+Output layout::
+
+    <out>/run.json                    settings (a resumed run must match) and the level list
+    <out>/runner/                     complete learner state of the last checkpoint (resume)
+    <out>/checkpoints/update_XXXXXX/  weights [levels, seeds, ...] + per-learner stats in meta.json
+    <out>/stats.csv                   one row per (checkpoint, level, seed)
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from rtchunk import checkpoints
+from rtchunk.kinetix import parallel, ppo
+
+CHECKPOINTS = "checkpoints"
+RUNNER = "runner"
+RUN_FILE = "run.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """What the trainer itself needs (the command's config adds where levels come from)."""
+
+    num_seeds: int = 8
+    ppo: ppo.PPOConfig = ppo.PPOConfig()
+    checkpoint_every: int = 50
+    """Updates between checkpoints (each with an evaluation)."""
+    updates_per_call: int = 5
+    """Updates per compiled call (between progress-bar refreshes)."""
+    num_eval_envs: int = 64
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("num_seeds", "checkpoint_every", "updates_per_call", "num_eval_envs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Finished checkpoints of a run, oldest first."""
+    root = Path(out) / CHECKPOINTS
+    return sorted(p for p in root.glob("update_*") if (p / checkpoints.META).is_file())
+
+
+def _stack_for_learners(levels, num_seeds: int):
+    """Level arrays [L, ...] -> [L * S, ...], seed-minor."""
+    return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), num_seeds, axis=0), levels)
+
+
+def train_experts(
+    env,
+    levels,
+    names: Sequence[str],
+    settings: TrainerSettings,
+    out_dir: Path,
+    *,
+    num_motors: int,
+    episode_steps: int,
+    run_info: dict[str, Any] | None = None,
+) -> Path:
+    """Train ``settings.num_seeds`` experts on each of ``levels`` (stacked level arrays, one per name)."""
+    cfg = settings.ppo
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    num_levels, num_seeds = len(names), settings.num_seeds
+    num_learners = num_levels * num_seeds
+    run = {"names": list(names), "settings": settings, "num_motors": num_motors, "episode_steps": episode_steps,
+           "obs_dim": env.obs_dim, "action_dim": env.action_dim, **(run_info or {})}
+    resume_key = checkpoints.to_jsonable({**run, "settings": dataclasses.replace(settings, progress=True)})
+    resume_key["settings"].pop("ppo")
+    resume_key["ppo"] = {k: v for k, v in checkpoints.to_jsonable(cfg).items() if k != "total_timesteps"}
+    run_file = out / RUN_FILE
+    if run_file.is_file():
+        stored = json.loads(run_file.read_text())
+        if stored.get("resume_key") != resume_key:
+            raise ValueError(f"{out} holds a run with different settings; use a new out_dir or the same settings "
+                             f"(stored: {json.dumps(stored.get('resume_key'))})")
+    checkpoints.atomic_write_text(run_file, json.dumps({"resume_key": resume_key, **checkpoints.to_jsonable(run)},
+                                                       indent=2))
+
+    placement = parallel.level_sharding(num_learners)
+    learner_levels = jax.device_put(_stack_for_learners(levels, num_seeds), placement)
+    keys = jax.random.split(jax.random.key(settings.seed), num_learners)
+    init = jax.jit(jax.vmap(lambda k, lv: ppo.init_runner(k, env, lv, cfg)))
+    runner = jax.device_put(init(keys, learner_levels), placement)
+    start = 0
+    if (out / RUNNER / checkpoints.META).is_file():
+        runner, meta = checkpoints.load(out / RUNNER, jax.device_get(runner))
+        runner = jax.device_put(runner, placement)
+        start = int(meta["update"])
+
+    update = jax.vmap(ppo.make_update(env, cfg, num_motors))
+
+    @jax.jit
+    def many_updates(runner, learner_levels, count_mask):
+        def body(r, active):
+            new, metrics = update(r, learner_levels)
+            # A masked step keeps the state: lets the last call of a run be shorter without recompiling.
+            return jax.tree.map(lambda a, b: jnp.where(active, a, b), new, r), metrics
+
+        return jax.lax.scan(body, runner, count_mask)
+
+    @jax.jit
+    def evaluate(params, learner_levels, rng):
+        keys = jax.random.split(rng, num_learners)
+        return jax.vmap(lambda p, lv, k: ppo.evaluate_expert(env, p, lv, k, settings.num_eval_envs, num_motors,
+                                                             episode_steps))(params, learner_levels, keys)
+
+    def save(update_index: int, with_checkpoint: bool):
+        host = jax.device_get(runner)
+        if with_checkpoint:
+            stats = jax.device_get(evaluate(runner.params, learner_levels, jax.random.key(settings.seed + update_index)))
+            rows = _stat_rows(stats, names, num_seeds, update_index, update_index * cfg.steps_per_update)
+            params = jax.tree.map(lambda x: x.reshape(num_levels, num_seeds, *x.shape[1:]), host.params)
+            checkpoints.save(out / CHECKPOINTS / f"update_{update_index:06d}", params,
+                             {"kind": "ppo_experts", "update": update_index, "names": list(names), "stats": rows,
+                              "num_motors": num_motors, "env_steps_per_learner": update_index * cfg.steps_per_update})
+            _append_rows(out / "stats.csv", rows)
+            if settings.progress:
+                for name in names:
+                    solved = [r["solve_rate"] for r in rows if r["level"] == name]
+                    print(f"  update {update_index}: {name} solve rate per seed {np.round(solved, 2).tolist()}")
+        checkpoints.save(out / RUNNER, host, {"kind": "ppo_runner", "update": update_index})
+
+    total = cfg.num_updates
+    bar = tqdm(total=total, initial=start, desc="PPO updates", unit="upd", disable=not settings.progress)
+    last_saved = start
+    try:
+        done = start
+        while done < total:
+            n = min(settings.updates_per_call, total - done,
+                    settings.checkpoint_every - done % settings.checkpoint_every)
+            mask = jnp.arange(settings.updates_per_call) < n
+            started = time.perf_counter()
+            runner, metrics = many_updates(runner, learner_levels, mask)
+            solve = float(np.asarray(metrics["solve_rate"])[:n].mean())
+            done += n
+            bar.update(n)
+            bar.set_postfix(train_solve=f"{solve:.2f}",
+                            sps=f"{n * cfg.steps_per_update * num_learners / (time.perf_counter() - started):.0f}")
+            if done % settings.checkpoint_every == 0 or done == total:
+                save(done, with_checkpoint=True)
+                last_saved = done
+    except KeyboardInterrupt:
+        if int(jax.device_get(runner.update)) > last_saved:
+            save(int(jax.device_get(runner.update)), with_checkpoint=False)
+            print(f"\ninterrupted: state saved in {out / RUNNER}; run the same command to resume")
+        raise
+    finally:
+        bar.close()
+    return out
+
+
+def _stat_rows(stats, names, num_seeds, update_index, env_steps):
+    rows = []
+    for i, name in enumerate(names):
+        for s in range(num_seeds):
+            j = i * num_seeds + s
+            finished = np.asarray(stats["finished"][j])
+            rows.append({
+                "update": update_index,
+                "env_steps": env_steps,
+                "level": name,
+                "seed": s,
+                "solve_rate": float(np.asarray(stats["solved"][j]).mean()),
+                "return": float(np.asarray(stats["return"][j])[finished].mean()) if finished.any() else float("nan"),
+                "length": float(np.asarray(stats["length"][j])[finished].mean()) if finished.any() else float("nan"),
+            })
+    return rows
+
+
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+def select_experts(out_dir: Path, threshold: float = 0.65) -> dict[str, list[dict]]:
+    """Per level, the best checkpoint of every seed whose solve rate reaches ``threshold`` (seeds that never
+    do are left out): {level: [{"seed", "checkpoint", "solve_rate"}, ...]}."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    best: dict[tuple[str, int], dict] = {}
+    dirs = checkpoint_dirs(out_dir)
+    if not dirs:
+        raise ValueError(f"{out_dir} has no expert checkpoints (run `rtchunk train-expert` first)")
+    for path in dirs:
+        for row in checkpoints.load_meta(path)["stats"]:
+            key = (row["level"], int(row["seed"]))
+            # Ties go to the later checkpoint (more training at the same solve rate).
+            if key not in best or row["solve_rate"] >= best[key]["solve_rate"]:
+                best[key] = {"seed": key[1], "checkpoint": str(path), "solve_rate": row["solve_rate"]}
+    names = checkpoints.load_meta(dirs[-1])["names"]
+    return {name: [v for (lvl, _), v in sorted(best.items()) if lvl == name and v["solve_rate"] >= threshold]
+            for name in names}
+
+
+def load_expert_params(selection: dict, level_index: int, like):
+    """The weights of one selected expert (a ``select_experts`` entry), shaped like ``like``."""
+    arrays = checkpoints.load_arrays(selection["checkpoint"])
+    mine = {k: v[level_index, selection["seed"]] for k, v in arrays.items()}
+    return checkpoints.unflatten_like(mine, like, source=selection["checkpoint"])

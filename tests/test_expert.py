@@ -1,0 +1,69 @@
+"""Expert training over seeds x levels: checkpoints with stats, exact resume, expert selection."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from toy_env import ToyEnv, toy_level
+
+from rtchunk import checkpoints
+from rtchunk.kinetix import expert, ppo
+
+SETTINGS = expert.TrainerSettings(
+    num_seeds=2,
+    ppo=ppo.PPOConfig(num_envs=16, num_steps=16, update_epochs=2, num_minibatches=2, hidden_dim=16,
+                      learning_rate=3e-3, gamma=0.99, total_timesteps=16 * 16 * 6),
+    checkpoint_every=3, updates_per_call=2, num_eval_envs=8, progress=False,
+)
+
+
+def _levels():
+    a, b = toy_level(target=(1.0, -0.5)), toy_level(target=(-0.5, 0.8))
+    return jax.tree.map(lambda x, y: np.stack([x, y]), a, b)
+
+
+def _train(out, settings=SETTINGS):
+    env = ToyEnv()
+    return expert.train_experts(env, _levels(), ["a", "b"], settings, out, num_motors=env.num_motors,
+                                episode_steps=env.horizon)
+
+
+def test_checkpoints_stats_and_exact_resume(tmp_path):
+    straight = _train(tmp_path / "straight")
+    assert [p.name for p in expert.checkpoint_dirs(straight)] == ["update_000003", "update_000006"]
+    meta = checkpoints.load_meta(straight / "checkpoints" / "update_000006")
+    assert {(r["level"], r["seed"]) for r in meta["stats"]} == {("a", 0), ("a", 1), ("b", 0), ("b", 1)}
+    arrays = checkpoints.load_arrays(straight / "checkpoints" / "update_000006")
+    assert arrays["log_std"].shape == (2, 2, ToyEnv.action_dim)  # [levels, seeds, ...]
+
+    half = dataclasses.replace(SETTINGS, ppo=dataclasses.replace(SETTINGS.ppo, total_timesteps=16 * 16 * 3))
+    resumed = _train(tmp_path / "resumed", half)
+    assert len(expert.checkpoint_dirs(resumed)) == 1
+    _train(tmp_path / "resumed")  # longer total: continues from update 3
+    for name, value in arrays.items():
+        np.testing.assert_array_equal(value, checkpoints.load_arrays(resumed / "checkpoints" / "update_000006")[name])
+    rows = (resumed / "stats.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 4
+
+    with pytest.raises(ValueError, match="different settings"):
+        _train(tmp_path / "resumed", dataclasses.replace(SETTINGS, num_seeds=3))
+
+
+def test_select_experts_applies_the_threshold(tmp_path):
+    out = _train(tmp_path / "run")
+    everything = expert.select_experts(out, threshold=0.0)
+    assert sorted(everything) == ["a", "b"] and all(len(v) == 2 for v in everything.values())
+    all_rows = [r for p in expert.checkpoint_dirs(out) for r in checkpoints.load_meta(p)["stats"]]
+    for name, chosen in everything.items():
+        for sel in chosen:
+            rates = [r["solve_rate"] for r in all_rows if r["level"] == name and r["seed"] == sel["seed"]]
+            assert sel["solve_rate"] == max(rates)
+    strict = expert.select_experts(out, threshold=1.0)
+    for name, chosen in strict.items():
+        assert all(c["solve_rate"] == 1.0 for c in chosen)
+    like = ppo.init_params(jax.random.key(0), ToyEnv.obs_dim, ToyEnv.action_dim, SETTINGS.ppo)
+    params = expert.load_expert_params(everything["b"][1], 1, like)
+    assert jax.tree.structure(params) == jax.tree.structure(like)
+    with pytest.raises(ValueError, match="threshold"):
+        expert.select_experts(out, threshold=1.5)
