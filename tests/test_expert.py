@@ -67,3 +67,28 @@ def test_select_experts_applies_the_threshold(tmp_path):
     assert jax.tree.structure(params) == jax.tree.structure(like)
     with pytest.raises(ValueError, match="threshold"):
         expert.select_experts(out, threshold=1.5)
+
+
+def test_collect_uses_one_expert_per_episode():
+    from rtchunk.kinetix import collect
+
+    env = ToyEnv()
+    like = ppo.init_params(jax.random.key(0), env.obs_dim, env.action_dim, SETTINGS.ppo)
+
+    def constant_expert(value):
+        # Zero weights everywhere; the output bias alone sets the mean action.
+        p = jax.tree.map(np.zeros_like, like)
+        p["actor"][-1]["b"] = np.full(env.action_dim, value, np.float32)
+        return p
+
+    experts = jax.tree.map(lambda a, b: np.stack([a, b]), constant_expert(2.0), constant_expert(-2.0))
+    data = collect.collect(env, toy_level(), experts, num_motors=env.num_motors, num_envs=6, num_steps=5 * env.horizon,
+                           rng=jax.random.key(3), segment=24, progress=False)
+    assert data.obs.shape == (6, 80, env.obs_dim) and data.action.shape == (6, 80, env.action_dim)
+    episodes = data.action[:, :, 0].reshape(6, 5, env.horizon)  # episodes are exactly `horizon` steps here
+    assert np.all(episodes == episodes[..., :1]), "the expert changed inside an episode"
+    signs = np.sign(episodes[..., 0])
+    assert (signs > 0).any() and (signs < 0).any(), "both experts should appear"
+    assert data.done.sum() == 6 * 5 and np.all(data.episode_length[data.done] == env.horizon)
+    summary = data.summary()
+    assert summary["episodes"] == 30 and 0.0 <= summary["solve_rate"] <= 1.0

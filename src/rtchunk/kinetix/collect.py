@@ -1,0 +1,88 @@
+"""Rolling out a mixture of experts to record a behaviour-cloning dataset.
+
+Every environment follows one expert per episode, drawn uniformly from the level's selected experts
+and redrawn when the episode ends. Experts act with their mean action; the environment adds its action
+noise (std 0.1), so the data covers small deviations the way the papers' data does. What is recorded is
+the single-frame observation the flow policy will see (``policy_obs``), the commanded action, and the
+episode statistics.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from rtchunk.kinetix import ppo
+from rtchunk.kinetix.dataset import Dataset
+
+
+def make_collector(env, num_motors: int, policy_obs: Callable, segment: int):
+    """``run(carry, experts, level) -> (carry, record)``: ``segment`` steps of all environments.
+
+    carry = (obs, env_state, expert_index [E], rng); experts are stacked params [K, ...].
+    """
+
+    def step(carry, _):
+        obs, state, index, rng, experts, level = carry
+        rng, k_env, k_pick = jax.random.split(rng, 3)
+        params = jax.tree.map(lambda p: p[index], experts)
+        action = jax.vmap(lambda p, o: ppo.squash(ppo.policy_mean(p, o), num_motors))(params, obs)
+        seen = jax.vmap(policy_obs)(obs, state)
+        next_obs, state, _, done, info = env.step_batch(k_env, state, action, level)
+        num_experts = jax.tree.leaves(experts)[0].shape[0]
+        fresh = jax.random.randint(k_pick, index.shape, 0, num_experts)
+        index = jnp.where(done, fresh, index)
+        record = (seen, action, done, info["returned_episode_solved"], info["returned_episode_returns"],
+                  info["returned_episode_lengths"])
+        return (next_obs, state, index, rng, experts, level), record
+
+    @jax.jit
+    def run(carry, experts, level):
+        (obs, state, index, rng, *_), record = jax.lax.scan(step, (*carry, experts, level), None, length=segment)
+        return (obs, state, index, rng), record
+
+    return run
+
+
+def collect(
+    env,
+    level,
+    experts,
+    *,
+    num_motors: int,
+    num_envs: int,
+    num_steps: int,
+    rng: jax.Array,
+    policy_obs: Callable = lambda obs, state: obs,
+    segment: int = 128,
+    progress: bool = True,
+    desc: str = "collect",
+) -> Dataset:
+    """``num_envs`` environments for ``num_steps`` steps each, driven by the stacked ``experts``."""
+    if num_envs < 1 or num_steps < 1:
+        raise ValueError(f"num_envs and num_steps must be >= 1, got {num_envs} and {num_steps}")
+    num_experts = jax.tree.leaves(experts)[0].shape[0]
+    if num_experts < 1:
+        raise ValueError("no experts to collect data with")
+    k_reset, k_pick, k_run = jax.random.split(rng, 3)
+    obs, state = env.reset_batch(k_reset, level, num_envs)
+    carry = (obs, state, jax.random.randint(k_pick, (num_envs,), 0, num_experts), k_run)
+    segment = min(segment, num_steps)
+    run = make_collector(env, num_motors, policy_obs, segment)
+    parts = []
+    with tqdm(total=num_steps * num_envs, desc=desc, unit="step", unit_scale=True, disable=not progress) as bar:
+        done_steps = 0
+        while done_steps < num_steps:
+            carry, record = run(carry, experts, level)
+            take = min(segment, num_steps - done_steps)
+            parts.append(jax.tree.map(lambda x: np.asarray(x[:take]), record))
+            done_steps += take
+            bar.update(take * num_envs)
+    # [T, E, ...] -> [E, T, ...]
+    obs, action, done, solved, ret, length = (np.swapaxes(np.concatenate(xs), 0, 1) for xs in zip(*parts))
+    return Dataset(obs.astype(np.float32), action.astype(np.float32), done.astype(bool), solved.astype(bool),
+                   ret.astype(np.float32), length.astype(np.int32))
