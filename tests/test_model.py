@@ -30,6 +30,18 @@ def test_scalar_per_sample_and_per_token_time_agree(policy):
     np.testing.assert_allclose(policy(obs, x, jnp.full((1, H), 0.3)), full, atol=1e-6)
 
 
+def test_time_table_equals_dense_time(policy):
+    from rtchunk.sampling import TimeTable
+
+    obs, x, _ = random_inputs(B, H, A, O)
+    values = jnp.array([0.2, 1.0, 0.7])
+    for index in (jnp.array([[1, 1, 0, 0, 2, 0, 0, 0]]), jax.random.randint(jax.random.key(0), (B, H), 0, 3)):
+        table = TimeTable(values, index)
+        np.testing.assert_allclose(policy(obs, x, table), policy(obs, x, table.dense((B, H))), atol=1e-5)
+    with pytest.raises(ValueError, match="TimeTable"):
+        policy(obs, x, TimeTable(values, jnp.zeros((B, H - 1), jnp.int32)))
+
+
 def test_time_is_per_token(policy):
     """Changing one token's time changes the output (through token mixing), and the modulation of that
     token is its own: a per-token time is not averaged away."""

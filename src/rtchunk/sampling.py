@@ -9,7 +9,9 @@ the per-sample VJP exactly when samples do not interact).
 A velocity function that sets the attribute ``accepts_broadcast_time = True`` (as
 ``FlowPolicy.velocity_fn`` does) receives tau at its smallest broadcastable shape instead ([] when every
 token shares one time, [1, H] or [B, H] otherwise), which lets it compute its time conditioning once
-instead of once per token; the result must be the same.
+instead of once per token; the result must be the same. One that also sets ``accepts_time_table``
+receives the mixed times of TrainedPrefix as a ``TimeTable`` (the two distinct times and a per-token
+index), so its prefix conditioning costs two time embeddings, not one per token.
 
 ``prev_chunk`` is the previous chunk already shifted so that its index 0 is the action executed at the
 new chunk's first step; entries at and beyond ``H - execute_horizon`` are ignored (they may hold
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Literal, Union
+from typing import Callable, Literal, NamedTuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,16 @@ def _check_schedule(schedule: str):
 def _check_beta(beta: float):
     if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
         raise ValueError(f"max_guidance_weight must be a finite number > 0, got {beta!r}")
+
+
+class TimeTable(NamedTuple):
+    """Per-token flow times as a table of distinct values and an index: tau[b, h] = values[index[b, h]]."""
+
+    values: jax.Array  # [K] float32
+    index: jax.Array  # [1 or B, H] int32
+
+    def dense(self, shape: tuple[int, int]) -> jax.Array:
+        return jnp.broadcast_to(self.values[self.index], shape)
 
 
 # -- methods -----------------------------------------------------------------------------------------
@@ -230,6 +242,9 @@ def _trained_prefix(velocity_fn, noise, prev_chunk, delay, num_steps):
     clamp = lambda x: jnp.where(prefix[..., None], prev_chunk, x)  # noqa: E731
 
     def step_velocity(x, tau):
+        if getattr(velocity_fn, "accepts_time_table", False):
+            table = TimeTable(jnp.stack([jnp.asarray(tau, jnp.float32), jnp.float32(1.0)]), prefix.astype(jnp.int32))
+            return velocity_fn(clamp(x), table)
         return _call(velocity_fn, clamp(x), jnp.where(prefix, 1.0, tau))
 
     # The velocity is evaluated on the clamped chunk; clamping once more at the end makes the returned
