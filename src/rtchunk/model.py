@@ -63,7 +63,10 @@ def _modulation(linear: nnx.Linear, time: tuple[jax.Array, jax.Array | None]) ->
     """The modulation for every token: computed on the time features, then looked up by index if tabled."""
     features, index = time
     out = linear(features)
-    return out if index is None else out[index]
+    if index is None:
+        return out
+    # A one-hot product rather than a gather: K is tiny, and XLA:CPU runs the small matmul faster.
+    return jax.nn.one_hot(index, out.shape[0], dtype=out.dtype) @ out
 
 
 class MixerBlock(nnx.Module):
