@@ -63,7 +63,7 @@ def test_select_experts_applies_the_threshold(tmp_path):
     for name, chosen in strict.items():
         assert all(c["solve_rate"] == 1.0 for c in chosen)
     like = ppo.init_params(jax.random.key(0), ToyEnv.obs_dim, ToyEnv.action_dim, SETTINGS.ppo)
-    params = expert.load_expert_params(everything["b"][1], 1, like)
+    params = expert.load_expert_params(everything["b"][1], like)
     assert jax.tree.structure(params) == jax.tree.structure(like)
     with pytest.raises(ValueError, match="threshold"):
         expert.select_experts(out, threshold=1.5)

@@ -17,11 +17,18 @@ import typing
 # name -> (module:function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample-demo": ("rtchunk.sample_demo:main", "sample chunks with every method from a random policy (no training)"),
+    "train-expert": ("rtchunk.kinetix.expert:main", "train PPO experts on Kinetix levels (seeds x levels)"),
+    "generate-data": ("rtchunk.kinetix.generate:main", "record expert data for behaviour cloning"),
+    "train-policy": ("rtchunk.kinetix.bc:main", "train flow policies on expert data (optionally training-time RTC)"),
 }
 
 
 # name -> module:ATTRIBUTE holding {preset name: config instance}
-PRESETS: dict[str, str] = {}
+PRESETS: dict[str, str] = {
+    "train-expert": "rtchunk.kinetix.expert:PRESETS",
+    "generate-data": "rtchunk.kinetix.generate:PRESETS",
+    "train-policy": "rtchunk.kinetix.bc:PRESETS",
+}
 
 
 def _load(target: str):

@@ -17,13 +17,14 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tyro
 from tqdm.auto import tqdm
 
 from rtchunk import checkpoints
@@ -32,6 +33,12 @@ from rtchunk.kinetix import parallel
 from rtchunk.model import FlowPolicy, ModelConfig, TrainingDelays, flow_matching_loss
 
 TRAIN_STATE = "train_state"
+
+
+def _process_file(name: str) -> str:
+    """A per-process file name in a multi-host run (each process trains its own levels)."""
+    sub = parallel.process_subdir()
+    return name if not sub else f"{Path(name).stem}_{sub}{Path(name).suffix}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +207,7 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
     optimizer = make_optimizer(config)
     opt_state = jax.vmap(optimizer.init)(params)
     start_epoch = 0
-    state_dir = out / TRAIN_STATE
+    state_dir = out / _process_file(TRAIN_STATE)
     resume_key = _resume_key(config, names)
     if (state_dir / checkpoints.META).is_file():
         meta = checkpoints.load_meta(state_dir)
@@ -237,7 +244,7 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
                                            in_axes=(0, 0, 0, 0, None, 0)))
         return compiled[n]
 
-    stats_path = out / "stats.csv"
+    stats_path = out / _process_file("stats.csv")
     meta_common = {
         "training_delays": delays,
         "data_dir": str(config.data_dir),
@@ -292,3 +299,30 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
         if new:
             writer.writeheader()
         writer.writerows(rows)
+
+
+# -- the command ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainPolicyConfig:
+    bc: Annotated[BCConfig, tyro.conf.arg(name="")] = BCConfig(data_dir=Path("runs/experts/data"),
+                                                               out_dir=Path("runs/bc"))
+    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
+
+
+PRESETS = {
+    "paper": TrainPolicyConfig(),
+    "cpu": TrainPolicyConfig(
+        bc=BCConfig(data_dir=Path("runs/experts/data"), out_dir=Path("runs/bc"),
+                    model=ModelConfig(channel_dim=128, channel_hidden_dim=256, token_hidden_dim=32, num_layers=2),
+                    batch_size=256, num_epochs=8, warmup_steps=200, max_steps_per_epoch=400)
+    ),
+}
+
+
+def main(config: TrainPolicyConfig) -> int:
+    parallel.initialize(config.distributed)
+    out = train_policy(config.bc)
+    print(f"flow policies: {out}/<level>/epoch_XXX (stats in {out / _process_file('stats.csv')})")
+    return 0

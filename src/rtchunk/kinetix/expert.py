@@ -23,11 +23,12 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Annotated, Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tyro
 from tqdm.auto import tqdm
 
 from rtchunk import checkpoints
@@ -200,28 +201,106 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def run_dirs(out_dir: Path) -> list[Path]:
+    """The expert runs under ``out_dir``: itself, or one per process of a multi-host run."""
+    out = Path(out_dir)
+    if (out / RUN_FILE).is_file():
+        return [out]
+    return sorted(p for p in out.glob("process_*_of_*") if (p / RUN_FILE).is_file())
+
+
 def select_experts(out_dir: Path, threshold: float = 0.65) -> dict[str, list[dict]]:
     """Per level, the best checkpoint of every seed whose solve rate reaches ``threshold`` (seeds that never
-    do are left out): {level: [{"seed", "checkpoint", "solve_rate"}, ...]}."""
+    do are left out): {level: [{"seed", "checkpoint", "level_index", "solve_rate"}, ...]}."""
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    best: dict[tuple[str, int], dict] = {}
-    dirs = checkpoint_dirs(out_dir)
-    if not dirs:
+    runs = run_dirs(out_dir)
+    if not runs or not any(checkpoint_dirs(r) for r in runs):
         raise ValueError(f"{out_dir} has no expert checkpoints (run `rtchunk train-expert` first)")
-    for path in dirs:
-        for row in checkpoints.load_meta(path)["stats"]:
-            key = (row["level"], int(row["seed"]))
-            # Ties go to the later checkpoint (more training at the same solve rate).
-            if key not in best or row["solve_rate"] >= best[key]["solve_rate"]:
-                best[key] = {"seed": key[1], "checkpoint": str(path), "solve_rate": row["solve_rate"]}
-    names = checkpoints.load_meta(dirs[-1])["names"]
+    best: dict[tuple[str, int], dict] = {}
+    names: list[str] = []
+    for run in runs:
+        for path in checkpoint_dirs(run):
+            meta = checkpoints.load_meta(path)
+            names += [n for n in meta["names"] if n not in names]
+            for row in meta["stats"]:
+                key = (row["level"], int(row["seed"]))
+                # Ties go to the later checkpoint (more training at the same solve rate).
+                if key not in best or row["solve_rate"] >= best[key]["solve_rate"]:
+                    best[key] = {"seed": key[1], "checkpoint": str(path), "solve_rate": row["solve_rate"],
+                                 "level_index": meta["names"].index(row["level"])}
     return {name: [v for (lvl, _), v in sorted(best.items()) if lvl == name and v["solve_rate"] >= threshold]
             for name in names}
 
 
-def load_expert_params(selection: dict, level_index: int, like):
+def load_expert_params(selection: dict, like):
     """The weights of one selected expert (a ``select_experts`` entry), shaped like ``like``."""
     arrays = checkpoints.load_arrays(selection["checkpoint"])
-    mine = {k: v[level_index, selection["seed"]] for k, v in arrays.items()}
+    mine = {k: v[selection["level_index"], selection["seed"]] for k, v in arrays.items()}
     return checkpoints.unflatten_like(mine, like, source=selection["checkpoint"])
+
+
+# -- the command ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertConfig:
+    out_dir: Path = Path("runs/experts")
+    levels: tuple[str, ...] = ()
+    """Level names or paths (empty = the papers' 12; four of them need --level-dir)."""
+    level_dir: Path | None = None
+    """Where your copies of the level files live (looked up before the ones in kinetix-env)."""
+    shrink: bool = False
+    """Simulate each level compacted to the slots it uses (faster; see `rtchunk levels shrink`)."""
+    trainer: Annotated[TrainerSettings, tyro.conf.arg(name="")] = TrainerSettings()
+    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
+
+
+PRESETS = {
+    "paper": ExpertConfig(),
+    # One level, shrunk, sized for a 2-core laptop: the demo's first stage.
+    "cpu": ExpertConfig(
+        levels=("h17_unicycle",),
+        shrink=True,
+        trainer=TrainerSettings(
+            num_seeds=2,
+            ppo=ppo.PPOConfig(num_envs=256, num_steps=64, num_minibatches=4, total_timesteps=1_500_000, ent_coef=0.01),
+            checkpoint_every=15,
+            num_eval_envs=64,
+        ),
+    ),
+}
+
+
+def level_specs(config_levels: Sequence[str]) -> list[str]:
+    from rtchunk.kinetix.levels import PAPER_LEVELS
+
+    return list(config_levels) or list(PAPER_LEVELS)
+
+
+def main(config: ExpertConfig) -> int:
+    from rtchunk.kinetix import envs as envs_lib
+    from rtchunk.kinetix import levels as levels_lib
+
+    parallel.initialize(config.distributed)
+    specs = level_specs(config.levels)
+    all_levels = levels_lib.load_levels(specs, level_dir=config.level_dir)
+    mine = parallel.my_share(all_levels)
+    if not mine:
+        print(f"process {jax.process_index()} has no level to train ({len(all_levels)} levels, "
+              f"{jax.process_count()} processes)")
+        return 0
+    env_config = dataclasses.replace(envs_lib.EXPERT_ENV, shrink=config.shrink)
+    env, arrays = envs_lib.make_env(mine, env_config)
+    out = Path(config.out_dir) / parallel.process_subdir()
+    num_motors = mine[0].static_env_params.num_motor_bindings
+    total = config.trainer.ppo.num_updates * config.trainer.ppo.steps_per_update
+    print(f"training {config.trainer.num_seeds} seeds x {len(mine)} level(s) ({', '.join(l.name for l in mine)}) for "
+          f"{total:,} env steps each on {jax.local_device_count()} device(s); writing to {out}")
+    train_experts(
+        env, envs_lib.stack_levels(arrays), [lvl.name for lvl in mine], config.trainer, out,
+        num_motors=num_motors, episode_steps=env_config.max_timesteps,
+        run_info={"level_specs": [lvl.source for lvl in mine], "env": env_config},
+    )
+    print(f"expert checkpoints and stats: {out / CHECKPOINTS}, {out / 'stats.csv'}")
+    return 0

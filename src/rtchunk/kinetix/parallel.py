@@ -54,3 +54,10 @@ def level_sharding(n: int):
     if n % len(devices) == 0 and len(devices) > 1:
         return NamedSharding(Mesh(np.array(devices), ("levels",)), PartitionSpec("levels"))
     return SingleDeviceSharding(devices[0])
+
+
+def process_subdir() -> str:
+    """'' for a single process, else 'process_I_of_P': where one process of a multi-host run writes."""
+    if jax.process_count() == 1:
+        return ""
+    return f"process_{jax.process_index()}_of_{jax.process_count()}"
