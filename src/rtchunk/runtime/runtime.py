@@ -19,6 +19,7 @@ run is exactly reproducible.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import threading
@@ -64,6 +65,12 @@ class RuntimeConfig:
     """How long ``stop()`` waits for each thread (a policy call in progress cannot be interrupted)."""
     telemetry_capacity: int = 1_000_000
     """Ticks (and inference events) kept; older ones are dropped first (about 2 h at 200 Hz)."""
+    freeze_gc: bool = True
+    """Collect, then ``gc.freeze()``, once the first chunk is ready. A full garbage collection scans every
+    object alive, and after importing JAX or PyTorch and compiling that takes tens of milliseconds (over
+    100 ms measured on a busy 2-core machine) with the GIL held: several missed ticks. Frozen objects are
+    skipped, so it then takes microseconds. Process-wide; only reference cycles among objects alive at
+    start are never freed (objects freed by reference counting still are)."""
 
     def __post_init__(self):
         for name in ("control_period_s", "retry_backoff_s", "max_retry_backoff_s", "stop_timeout_s"):
@@ -155,6 +162,7 @@ class Runtime:
         self._obs: Any = None
         self._obs_spec = None
         self._obs_checked_tick = -1
+        self._wake_pending = False
         self._inflight: _Request | None = None
         self._queued: _Request | None = None
         self._calls = 0
@@ -202,6 +210,9 @@ class Runtime:
         self._state = ChunkState(
             frozen_chunk(chunk, self._dtype), self.config.replan, self.config.estimator.window, self.config.initial_delay
         )
+        if self.config.freeze_gc:
+            gc.collect()
+            gc.freeze()
         self._rec.start_s = self._clock.now()
         self._started = True
         self._inference = threading.Thread(target=self._inference_loop, name="rtchunk-inference", daemon=True)
@@ -302,9 +313,12 @@ class Runtime:
         if self._controller is not None:
             raise RuntimeError("a robot's controller thread is ticking this runtime; do not call get_action() too")
         now = math.nan if self._sim else self._clock.now()
-        return self._tick(observation, math.nan, now)
+        return self._tick(observation, math.nan, now, defer_wake=False)
 
-    def _tick(self, observation, scheduled: float, woke: float) -> np.ndarray:
+    def _tick(self, observation, scheduled: float, woke: float, defer_wake: bool) -> np.ndarray:
+        """One GETACTION. With ``defer_wake`` a request for the inference thread is queued but the thread
+        is woken only by ``_wake_inference()``, which the control loop calls after ``robot.act()``: waking a
+        thread is a system call and maybe a context switch, and the action should not wait for either."""
         state = self._state
         rec = self._rec
         with self._lock:
@@ -320,8 +334,8 @@ class Runtime:
             rec.total_ticks += 1
             rec.ticks.append((rec.total_ticks, scheduled, woke, chunk_id, index, action))
             if not self._sim:
-                if self._inflight is None:
-                    self._maybe_post_locked()
+                if self._inflight is None and self._maybe_post_locked(wake=not defer_wake) is not None:
+                    self._wake_pending = defer_wake
                 return action
         self._settle_simulated()
         return action
@@ -345,8 +359,10 @@ class Runtime:
                             self._rec.missed_ticks.append((self._rec.total_ticks + 1, skipped))
                     if self._stop.is_set():
                         break
-                action = self._tick(robot.observe(), deadline, woke)
+                action = self._tick(robot.observe(), deadline, woke, defer_wake=True)
                 robot.act(action)
+                if self._wake_pending:
+                    self._wake_inference()
                 deadline += period
                 done += 1
         except BaseException as e:  # noqa: BLE001 -- recorded and re-raised by run() / raise_if_failed()
@@ -370,7 +386,12 @@ class Runtime:
                 self._complete_locked(request, request.result)
 
     # -- hand-over between the threads (lock held) -----------------------------------------------------
-    def _maybe_post_locked(self) -> _Request | None:
+    def _wake_inference(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+            self._wake.notify()
+
+    def _maybe_post_locked(self, wake: bool = True) -> _Request | None:
         state = self._state
         if self._inflight is not None or self._stopping or not state.ready():
             return None
@@ -404,7 +425,8 @@ class Runtime:
             request.due_tick = tick + self._clock.latency_ticks(request.id)
         self._calls += 1
         self._inflight = self._queued = request
-        self._wake.notify()
+        if wake:
+            self._wake.notify()
         return request
 
     def _complete_locked(self, request: _Request, result: _Result) -> None:
