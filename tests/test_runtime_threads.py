@@ -52,8 +52,6 @@ def test_context_manager_starts_and_stops_both_threads():
         assert rt.running and {t.name for t in runtime_threads()} == {"rtchunk-controller", "rtchunk-inference"}
         wait_until(lambda: rt.telemetry().summary()["swaps"] >= 2)
     assert not rt.running and not runtime_threads()
-    with pytest.raises(RuntimeStopped):
-        rt.get_action(np.zeros(2, np.float32))
 
 
 @pytest.mark.timeout(60)
@@ -88,6 +86,8 @@ def test_get_action_from_the_callers_loop():
             action = rt.get_action(np.array([t, 0], np.float32))
             assert action.shape == (1,) and not action.flags.writeable  # a read-only row of the chunk
             time.sleep(0.002)
+    with pytest.raises(RuntimeStopped):
+        rt.get_action(np.zeros(2, np.float32))
     tel = rt.telemetry()
     assert tel.total_ticks == 40 and np.isnan(tel.scheduled_s).all()
     assert np.isfinite(tel.jitter_s[1:]).all()  # from the intervals between calls
@@ -134,6 +134,8 @@ def test_misuse_is_reported():
         with pytest.raises(RuntimeError, match="already started"):
             rt.start()
         assert rt.wait(30)
+        wait_until(lambda: not runtime_threads())  # after max_ticks the inference thread ends by itself
+        assert not rt.running
     finally:
         assert rt.stop()
 

@@ -8,7 +8,6 @@ L ("inference ticks") comes from the clock, so a run is exactly reproducible wha
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable, Union
 
@@ -85,7 +84,7 @@ class SimulatedClock:
             ticks = spec(call_index)
         else:
             ticks = int(delay_profiles.sample_numpy(spec, self._rng))
-        if not isinstance(ticks, (int, np.integer)) or ticks < 0 or (isinstance(ticks, float) and not math.isfinite(ticks)):
+        if not isinstance(ticks, (int, np.integer)) or isinstance(ticks, bool) or ticks < 0:
             raise ValueError(f"inference_ticks gave {ticks!r} for inference {call_index}; it must be an int >= 0")
         return int(ticks)
 

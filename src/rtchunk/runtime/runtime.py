@@ -225,21 +225,20 @@ class Runtime:
         return self
 
     def stop(self, timeout: float | None = None) -> bool:
-        """Stop both threads; True when both have ended within ``timeout`` seconds each.
+        """Stop both threads; True when both have ended within ``timeout`` seconds (default
+        ``config.stop_timeout_s``).
 
-        Never blocks longer than that: a policy call still in progress is left to finish in its daemon
-        thread, and its result is dropped.
+        Never blocks longer than that: a policy call still in progress cannot be interrupted, so its
+        thread is left to finish as a daemon and its result is dropped.
         """
         timeout = self.config.stop_timeout_s if timeout is None else timeout
-        self._stop.set()
-        with self._lock:
-            self._stopping = True
-            self._wake.notify_all()
+        deadline = time.monotonic() + timeout
+        self._request_stop()
         alive = []
         for thread in (self._controller, self._inference):
             if thread is None or thread is threading.current_thread():
                 continue
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 alive.append(thread.name)
         if alive:
@@ -308,10 +307,10 @@ class Runtime:
     # -- controller ------------------------------------------------------------------------------------
     def get_action(self, observation: Any) -> np.ndarray:
         """GETACTION for callers that run their own control loop: one tick. Returns a read-only array."""
-        if not self._started or self._stop.is_set():
-            raise RuntimeStopped("the runtime is not running: call start() first (and not after stop())")
         if self._controller is not None:
             raise RuntimeError("a robot's controller thread is ticking this runtime; do not call get_action() too")
+        if not self._started or self._stop.is_set():
+            raise RuntimeStopped("the runtime is not running: call start() first (and not after stop())")
         now = math.nan if self._sim else self._clock.now()
         return self._tick(observation, math.nan, now, defer_wake=False)
 
@@ -365,6 +364,7 @@ class Runtime:
                     self._wake_inference()
                 deadline += period
                 done += 1
+            self._request_stop()  # max_ticks reached: no more chunks needed, let the inference thread end
         except BaseException as e:  # noqa: BLE001 -- recorded and re-raised by run() / raise_if_failed()
             self._fail(e, "controller")
 
@@ -500,11 +500,14 @@ class Runtime:
             return _Result("invalid_output", None, estimate, delay, compute_s, problem)
         return _Result("ok", frozen_chunk(out, self._dtype), estimate, delay, compute_s)
 
-    def _fail(self, error: BaseException, where: str) -> None:
-        if self._error is None:
-            self._error = error
-        logger.error("rtchunk runtime: the %s thread stopped on %r", where, error, exc_info=error)
+    def _request_stop(self) -> None:
         self._stop.set()
         with self._lock:
             self._stopping = True
             self._wake.notify_all()
+
+    def _fail(self, error: BaseException, where: str) -> None:
+        if self._error is None:
+            self._error = error
+        logger.error("rtchunk runtime: the %s thread stopped on %r", where, error, exc_info=error)
+        self._request_stop()
