@@ -254,3 +254,17 @@ def test_unusable_first_chunk_is_an_error():
     rt = Runtime(InpaintingFake(), RuntimeConfig(replan=Paper(2)), clock=SimulatedClock(1))
     with pytest.raises(ValueError, match="initial observation"):
         rt.start(np.array([np.inf, 0.0]))
+
+
+def test_first_call_has_no_previous_chunk():
+    policy = InpaintingFake()  # has .horizon, like FlowChunkPolicy and rtchunk.torch.TorchChunkPolicy
+    Runtime(policy, RuntimeConfig(replan=Paper(2)), clock=SimulatedClock(1)).start(obs_at(0)).stop()
+    assert policy.calls[0][1:] == (None, 0, H)
+    seen = []
+
+    def plain(observation, leftover, delay, execute_horizon):
+        seen.append((leftover, delay, execute_horizon))
+        return np.zeros((H, 1))
+
+    Runtime(plain, RuntimeConfig(replan=Paper(2)), clock=SimulatedClock(1)).start(obs_at(0)).stop()
+    assert seen == [(None, 0, None)]

@@ -12,8 +12,8 @@ with numpy at the boundary (JAX, PyTorch or anything inside):
   when there is no previous chunk.
 - ``estimated_delay``: d, how many actions will execute before the new chunk arrives, already clipped to
   [0, len(prev_chunk_leftover)]; 0 on the first call.
-- ``execute_horizon``: s, the actions of the current chunk already executed (so guidance ends at H - s);
-  ``None`` on the first call.
+- ``execute_horizon``: s in [1, H], the actions of the current chunk already executed (so guidance ends
+  at H - s). On the first call: the policy's ``horizon`` attribute if it has one, else ``None``.
 - returns ``chunk``: a floating-point numpy array [H, A]. Its index 0 is the action for the first tick
   after the inference started, i.e. it is aligned with ``prev_chunk_leftover[0]``; a guided sampler
   should keep ``chunk[:d]`` equal to ``prev_chunk_leftover[:d]``.

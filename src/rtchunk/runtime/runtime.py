@@ -199,7 +199,10 @@ class Runtime:
         elif observation is None:
             raise ValueError("start() needs an observation (or a robot) to compute the first chunk, or pass initial_chunk")
         else:
-            chunk = self._policy(copy_observation(observation), None, 0, None)
+            # No previous chunk yet: nothing to continue. execute_horizon is H when the policy says what H
+            # is (FlowChunkPolicy and rtchunk.torch.TorchChunkPolicy do), so adapters that check it is an
+            # int in [1, H] accept the call; a plain function gets None.
+            chunk = self._policy(copy_observation(observation), None, 0, getattr(self._policy, "horizon", None))
             what = "the first policy call"
         problem = chunk_problem(chunk, None)
         if problem:
@@ -414,7 +417,7 @@ class Runtime:
         request = _Request(
             id=self._calls,
             observation=copy_observation(self._obs),
-            leftover=leftover,
+            leftover=np.array(leftover),  # the policy's own writable copy (torch warns on read-only arrays)
             execute_horizon=s,
             start_index=state.index,
             start_tick=tick,
