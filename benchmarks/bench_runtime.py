@@ -1,12 +1,18 @@
 """Controller timing of the asynchronous runtime while inference runs in the background at full load.
 
-For each control rate, three runs side by side: ``bare`` (a plain Python sleep loop, no runtime: what
-the machine itself gives), ``idle`` (the runtime with a policy that returns a constant chunk at once) and
-``loaded`` (the default-size FlowPolicy sampled with RTC, replanning after every action, so inference
-runs back to back and keeps the CPU busy). Reports tick lateness (jitter) p50 / p99 / max, missed ticks,
-the runtime's own per-tick work (from observe() to act()), garbage-collection pauses, and the p99 jitter
-of each run relative to ``bare``. Target (issue 5): p99 < 2 ms at 50 Hz, and no missed ticks caused by the
-runtime (compare with ``bare``: on a busy machine the OS alone misses ticks).
+For each control rate, four runs side by side:
+
+- ``bare``: a plain Python sleep loop on the same deadlines, no runtime: what the machine itself gives;
+- ``bare+load``: the same loop while a thread runs the inference below back to back: what the load
+  alone costs a Python loop (CPU and GIL contention), without the runtime;
+- ``idle``: the runtime with a policy that returns a constant chunk at once;
+- ``loaded``: the runtime with the default-size FlowPolicy sampled with RTC, replanning after every
+  action, so inference runs back to back and keeps the CPU busy.
+
+Reports tick lateness (jitter) p50 / p99 / max, missed ticks, the runtime's own per-tick work (from
+observe() to act()), garbage-collection pauses, and p99 jitter relative to ``bare``. Target (issue 5):
+p99 < 2 ms at 50 Hz, and no missed ticks caused by the runtime: compare ``loaded`` with ``bare+load``
+(on a busy machine the OS alone delays and misses ticks).
 
     python benchmarks/bench_runtime.py                    # 60 s per run, 50 and 200 Hz (about 4 min)
     python benchmarks/bench_runtime.py --duration-s 5     # smoke check
@@ -90,8 +96,31 @@ class GcPauses:
                 "gc_max_ms": max((d for _, d in self.pauses), default=0.0) * 1e3}
 
 
-def bare_loop(rate_hz: float, config: BenchConfig):
-    """The same deadline schedule with nothing but sleeping: the machine's own jitter."""
+def bare_loop(rate_hz: float, config: BenchConfig, load=None):
+    """The same deadline schedule with nothing but sleeping: the machine's own jitter. With ``load`` (a
+    function), a thread calls it back to back meanwhile."""
+    import threading
+
+    stop = threading.Event()
+
+    def background():
+        while not stop.is_set():
+            load()
+
+    thread = threading.Thread(target=background, daemon=True) if load is not None else None
+    if thread is not None:
+        thread.start()
+    try:
+        row = _bare_loop(rate_hz, config)
+    finally:
+        stop.set()
+        if thread is not None:
+            thread.join()
+    row["run"] = "bare" if load is None else "bare+load"
+    return row
+
+
+def _bare_loop(rate_hz: float, config: BenchConfig):
     period = 1.0 / rate_hz
     ticks = int(round(config.duration_s * rate_hz))
     late = np.zeros(ticks)
@@ -181,11 +210,17 @@ def main(config: BenchConfig = BenchConfig()) -> int:
 
     rows = []
     for rate in config.rates_hz:
-        runs = [bare_loop(rate, config), run_once(idle, rate, config, "idle"), run_once(rtc, rate, config, "loaded")]
+        left = np.zeros((model.horizon - 1, config.action_dim), np.float32)
+        runs = [
+            bare_loop(rate, config),
+            bare_loop(rate, config, load=lambda: rtc(obs, left, 1, 1)),
+            run_once(idle, rate, config, "idle"),
+            run_once(rtc, rate, config, "loaded"),
+        ]
         for row in runs:
             row["p99_vs_bare"] = row["jitter_ms_p99"] / max(runs[0]["jitter_ms_p99"], 1e-9)
             rows.append(row)
-            print(f"{rate:>5g} Hz {row['run']:<6}  jitter p50 {row['jitter_ms_p50']:.3f} ms  p99 {row['jitter_ms_p99']:.3f} ms "
+            print(f"{rate:>5g} Hz {row['run']:<9}  jitter p50 {row['jitter_ms_p50']:.3f} ms  p99 {row['jitter_ms_p99']:.3f} ms "
                   f"({row['p99_vs_bare']:.2f}x bare)  max {row['jitter_ms_max']:.2f} ms  "
                   f"missed {row['missed_ticks']}/{row['ticks']}  tick work p50/p99 {row['tick_work_us_p50']:.0f}/"
                   f"{row['tick_work_us_p99']:.0f} us  inferences {row['inferences']}  starved {row['starvation_ticks']}  "

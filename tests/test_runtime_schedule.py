@@ -268,3 +268,14 @@ def test_first_call_has_no_previous_chunk():
 
     Runtime(plain, RuntimeConfig(replan=Paper(2)), clock=SimulatedClock(1)).start(obs_at(0)).stop()
     assert seen == [(None, 0, None)]
+
+
+def test_fallback_of_the_wrong_shape_is_an_error():
+    rt = Runtime(InpaintingFake(), RuntimeConfig(replan=SinceSwap(4)), clock=SimulatedClock(20),
+                 fallback=lambda last: np.zeros(3))
+    rt.start(obs_at(0))
+    for t in range(1, 11):
+        rt.get_action(obs_at(t))
+    with pytest.raises(ValueError, match="fallback returned shape"):
+        rt.get_action(obs_at(11))
+    rt.stop()

@@ -330,7 +330,11 @@ class Runtime:
             action, index = state.next_action()
             if action is None:  # starved: the next chunk is late
                 chunk_id = -1
-                action = state.last_action if self._fallback is None else self._fallback(state.last_action)
+                action = state.last_action
+                if self._fallback is not None:
+                    action = np.asarray(self._fallback(action))
+                    if action.shape != state.last_action.shape:
+                        raise ValueError(f"fallback returned shape {action.shape}, expected {state.last_action.shape}")
             else:
                 chunk_id = state.chunk_id
             rec.total_ticks += 1
