@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rtchunk.sampling import BID, Method, Naive
+from rtchunk.sampling import BID, Method
 
 
 class ChunkPolicy(Protocol):
@@ -51,7 +51,7 @@ class FlowChunkPolicy:
     vector [obs_dim]. ``weak_policy`` is BID's weak policy (only with ``BID``).
     """
 
-    def __init__(self, policy, method: Method = Naive(), *, num_steps: int = 5, seed: int = 0, weak_policy=None):
+    def __init__(self, policy, method: Method, *, num_steps: int = 5, seed: int = 0, weak_policy=None):
         import flax.nnx as nnx
         import jax
 
@@ -128,7 +128,7 @@ class FlowChunkPolicy:
         return np.asarray(chunk)
 
 
-def flow_policy_fn(policy, method: Method = Naive(), *, num_steps: int = 5, seed: int = 0, weak_policy=None) -> FlowChunkPolicy:
+def flow_policy_fn(policy, method: Method, *, num_steps: int = 5, seed: int = 0, weak_policy=None) -> FlowChunkPolicy:
     """``FlowChunkPolicy(policy, method, ...)``: e.g. ``flow_policy_fn(policy, RTC())`` for real-time chunking."""
     return FlowChunkPolicy(policy, method, num_steps=num_steps, seed=seed, weak_policy=weak_policy)
 
