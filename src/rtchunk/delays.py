@@ -149,7 +149,13 @@ def sample_numpy(profile: DelayProfile, rng: np.random.Generator, size=None):
 
 # -- estimators --------------------------------------------------------------------------------------
 # The sampler is told an estimate of the coming delay; the actual delay governs execution. Estimators
-# read a window of the most recent observed delays, newest last.
+# read a window of the most recent observed delays, newest last. A host (numpy, list, tuple) history is
+# estimated with numpy: the runtime's inference loop calls them once per chunk and should neither
+# dispatch to a JAX device nor compile once per history length; a JAX array is estimated with jnp.
+
+
+def _xp(history):
+    return jnp if isinstance(history, jax.Array) else np  # tracers are jax.Array too
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,7 +169,8 @@ class MaxEstimator:
             raise ValueError(f"window must be >= 1, got {self.window}")
 
     def estimate(self, history):
-        return jnp.max(jnp.asarray(history)[..., -self.window :], axis=-1)
+        xp = _xp(history)
+        return xp.max(xp.asarray(history)[..., -self.window :], axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +187,8 @@ class QuantileEstimator:
             raise ValueError(f"q must be in [0, 1], got {self.q}")
 
     def estimate(self, history):
-        return jnp.quantile(jnp.asarray(history)[..., -self.window :], self.q, axis=-1, method="higher")
+        xp = _xp(history)
+        return xp.quantile(xp.asarray(history)[..., -self.window :], self.q, axis=-1, method="higher")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +205,8 @@ class FixedEstimator:
         return 1
 
     def estimate(self, history):
-        return jnp.full(jnp.shape(history)[:-1], self.delay, jnp.int32)
+        xp = _xp(history)
+        return xp.full(np.shape(history)[:-1], self.delay, xp.int32)
 
 
 DelayEstimator = Union[MaxEstimator, QuantileEstimator, FixedEstimator]
