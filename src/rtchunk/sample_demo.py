@@ -40,6 +40,12 @@ def main(config: SampleDemoConfig = SampleDemoConfig()) -> int:
         )
     policy = FlowPolicy(config.obs_dim, config.action_dim, model, rngs=nnx.Rngs(config.seed))
     graphdef, weights = nnx.split(policy)
+    # A fresh policy's adaLN-zero blocks are the identity, so its tokens would not interact and the
+    # methods could not differ beyond the frozen prefix; small random modulation stands in for training.
+    leaves, treedef = jax.tree.flatten(weights)
+    keys = jax.random.split(jax.random.key(config.seed + 1), len(leaves))
+    leaves = [x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    weights = jax.tree.unflatten(treedef, leaves)
     k_obs, k_prev, k_noise, k_bid = jax.random.split(jax.random.key(config.seed), 4)
     obs = jax.random.normal(k_obs, (config.batch, config.obs_dim))
     prev = jax.random.normal(k_prev, (config.batch, model.horizon, config.action_dim))
@@ -55,7 +61,7 @@ def main(config: SampleDemoConfig = SampleDemoConfig()) -> int:
         "trained prefix*": TrainedPrefix(),
         "bid (N=16)": BID(rng=k_bid, num_samples=16),
     }
-    print(f"H={h}  d={d}  s={s}  batch={config.batch}  flow steps={config.num_steps}  (random weights)")
+    print(f"H={h}  d={d}  s={s}  batch={config.batch}  flow steps={config.num_steps}  (random weights, untrained)")
     print(f"{'method':<16} {'|new-prev| frozen':>18} {'|new-prev| soft':>16} {'ms/chunk':>9} {'x naive':>8}")
     base = None
     for name, method in methods.items():
