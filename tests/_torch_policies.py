@@ -2,13 +2,15 @@
 
 The default initialisation zeroes every adaLN modulation kernel, which makes each mixer block the
 identity and would hide a mistake inside the blocks; here every parameter is random (Flax's LeCun scale
-for kernels, std 0.1 for biases) so each part of the network shapes the output.
+for kernels, std 0.1 for biases) so each part of the network shapes the output. Weights are drawn with
+numpy into an abstract (eval_shape) policy: no JAX computation, so building one costs milliseconds.
 """
 
 from __future__ import annotations
 
 import flax.nnx as nnx
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from rtchunk.checkpoints import save_policy
@@ -20,18 +22,16 @@ ACTION_DIM = 3
 
 
 def randomized_jax_policy(seed: int, config: ModelConfig = SMALL, obs_dim: int = OBS_DIM, action_dim: int = ACTION_DIM):
-    policy = FlowPolicy(obs_dim, action_dim, config, rngs=nnx.Rngs(seed))
+    policy = nnx.eval_shape(lambda: FlowPolicy(obs_dim, action_dim, config, rngs=nnx.Rngs(0)))
     state = nnx.state(policy, nnx.Param)
-    weights = nnx.to_pure_dict(state)
-    leaves, treedef = jax.tree_util.tree_flatten(weights)
-    keys = jax.random.split(jax.random.key(seed + 1000), len(leaves))
+    rs = np.random.RandomState(seed)
 
-    def draw(key, leaf):
-        if leaf.ndim == 2:
-            return jax.random.normal(key, leaf.shape) / np.sqrt(leaf.shape[0])
-        return 0.1 * jax.random.normal(key, leaf.shape)
+    def draw(leaf):
+        if len(leaf.shape) == 2:
+            return jnp.asarray(rs.randn(*leaf.shape) / np.sqrt(leaf.shape[0]), jnp.float32)
+        return jnp.asarray(0.1 * rs.randn(*leaf.shape), jnp.float32)
 
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, [draw(k, l) for k, l in zip(keys, leaves)]))
+    nnx.replace_by_pure_dict(state, jax.tree_util.tree_map(draw, nnx.to_pure_dict(state)))
     nnx.update(policy, state)
     return policy
 
