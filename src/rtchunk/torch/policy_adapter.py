@@ -3,9 +3,11 @@
 The runtime calls ``policy(observation, prev_chunk_leftover, estimated_delay, execute_horizon) -> chunk``
 from its inference thread. ``TorchChunkPolicy`` turns that call into ``rtchunk.torch.sample_chunk``:
 
-- ``observation``: an array or a (nested) dict/list/tuple of arrays; arrays become tensors on ``device``
-  (floating ones in ``dtype``) and, unless ``batched=True``, gain a leading batch axis of 1. It is handed
-  to ``make_velocity_fn(observation) -> velocity_fn`` (e.g. ``FlowPolicy.velocity_fn``).
+- ``observation``: an array or a (nested) dict/list/tuple of arrays; numpy arrays and tensors become
+  tensors on ``device`` (floating ones in ``dtype``) and, unless ``batched=True``, gain a leading batch
+  axis of 1; anything else (a task string) is passed through as is. It is handed to
+  ``make_velocity_fn(observation) -> velocity_fn`` (e.g. ``FlowPolicy.velocity_fn``), which is called
+  under ``torch.no_grad()``.
 - ``prev_chunk_leftover``: ``None`` for the first chunk, else the not-yet-executed actions of the current
   chunk, already shifted (index 0 executes at the new chunk's first step), shape [L, A] ([B, L, A] if
   batched), L <= H. It is zero-padded to H; the guidance ends at min(H - execute_horizon, L).
@@ -99,6 +101,8 @@ class TorchChunkPolicy:
             return {k: self._to_torch(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(self._to_torch(v) for v in value)
+        if not isinstance(value, (np.ndarray, torch.Tensor)):
+            return value  # strings (task prompts), numbers, anything else the model takes as is
         tensor = torch.as_tensor(value, device=self.device)
         if tensor.is_floating_point():
             tensor = tensor.to(self.dtype)
