@@ -56,6 +56,8 @@ def test_prefix_weights_paper_eq5():
     w = ts.prefix_weights(3, 6, 10, "exp").numpy()
     c = (6 - np.arange(3, 6)) / 4
     np.testing.assert_allclose(w, [1, 1, 1, *(c * np.expm1(c) / (math.e - 1)), 0, 0, 0, 0], atol=1e-7)
+    # The values the JAX core's issue gives for H=8, d=1, end=7.
+    np.testing.assert_allclose(ts.prefix_weights(1, 7, 8).numpy(), [1, 0.677, 0.433, 0.256, 0.133, 0.055, 0.013, 0], atol=6e-4)
 
 
 def test_guidance_weight_matches_jax_and_is_symmetric():
@@ -190,20 +192,30 @@ def test_rtc_matches_an_independent_per_sample_vjp(time_convention):
 
 def test_guided_sampling_under_no_grad_inference_mode_and_grad_mode():
     """Same chunk in every grad mode; no graph through parameters, no gradients written to them."""
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(4, 16)
     module = torch.nn.Sequential(torch.nn.Linear(A, 16), torch.nn.Tanh(), torch.nn.Linear(16, A))
-    velocity_fn = lambda x, tau: module(x) * (1 + tau[..., None])  # noqa: E731
+    obs = torch.randn(B, 4)
+
+    def make_velocity_fn():
+        # As a policy does: features computed once per chunk in the caller's mode (inference tensors
+        # under inference_mode), then read by every flow step.
+        features = encoder(obs)[:, None, :]
+        return lambda x, tau: module[2](module[1](module[0](x) + features)) * (1 + tau[..., None])
+
     noise, prev = _inputs(4)
     kwargs = dict(prev_chunk=prev, inference_delay=1, execute_horizon=3, num_steps=3)
-    plain = ts.sample_chunk(velocity_fn, noise, ts.RTC(), **kwargs)
+    plain = ts.sample_chunk(make_velocity_fn(), noise, ts.RTC(), **kwargs)
     with torch.no_grad():
-        no_grad = ts.sample_chunk(velocity_fn, noise, ts.RTC(), **kwargs)
+        no_grad = ts.sample_chunk(make_velocity_fn(), noise, ts.RTC(), **kwargs)
     with torch.inference_mode():
-        inference = ts.sample_chunk(velocity_fn, noise.clone(), ts.RTC(), **kwargs)
+        inference = ts.sample_chunk(make_velocity_fn(), noise.clone(), ts.RTC(), prev_chunk=prev.clone(),
+                                    inference_delay=1, execute_horizon=3, num_steps=3)
     assert plain.grad_fn is None and not plain.requires_grad
-    assert all(p.grad is None for p in module.parameters())
+    assert all(p.grad is None for p in [*module.parameters(), *encoder.parameters()])
     torch.testing.assert_close(no_grad, plain, rtol=0, atol=0)
     torch.testing.assert_close(inference, plain, rtol=0, atol=0)
-    jf = ts.sample_chunk(velocity_fn, noise, ts.JacobianFree(), **kwargs)
+    jf = ts.sample_chunk(make_velocity_fn(), noise, ts.JacobianFree(), **kwargs)
     assert (plain - jf).abs().max() > 1e-3
 
 
