@@ -7,6 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import flax.nnx as nnx  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from _torch_policies import ACTION_DIM, OBS_DIM, SMALL, saved_random_policy  # noqa: E402
@@ -57,7 +58,7 @@ def test_random_weights_exercise_every_block(policies, inputs):
 @pytest.mark.parametrize("tau_shape", [(), (B,), (B, H)])
 def test_velocity_matches_jax(policies, inputs, tau_shape):
     tau = np.asarray(np.random.RandomState(1).rand(*tau_shape), np.float32)
-    want = np.asarray(policies["jax"](jnp.asarray(inputs["obs"]), jnp.asarray(inputs["noise"]), jnp.asarray(tau)))
+    want = np.asarray(nnx.jit(lambda p, *a: p(*a))(policies["jax"], jnp.asarray(inputs["obs"]), jnp.asarray(inputs["noise"]), jnp.asarray(tau)))
     with torch.no_grad():
         got = policies["torch"](torch.from_numpy(inputs["obs"]), torch.from_numpy(inputs["noise"]), torch.from_numpy(tau))
     # Not bit-exact: XLA and PyTorch round the embedding's float32 pow/linspace differently, and the

@@ -68,9 +68,8 @@ def test_postfix_mean_ignores_the_prefix_including_nan():
     torch.testing.assert_close(tt.postfix_mean(loss.detach().sum(-1), delay), loss.detach().sum(-1)[[0, 0, 0, 1], [1, 2, 3, 3]].mean())
 
 
-@pytest.mark.parametrize("time_convention", ["noise_at_0", "noise_at_1"])
-def test_loss_matches_the_jax_flow_matching_loss(tmp_path, time_convention):
-    """Same weights, noise, times and delays: the PyTorch training step computes the JAX loss."""
+def test_loss_matches_the_jax_flow_matching_loss(tmp_path):
+    """Same weights, noise, times and delays: the PyTorch training step computes the JAX loss, in both conventions."""
     jax_policy, directory = saved_random_policy(tmp_path / "p", seed=3)
     policy = tm.load_policy(directory)[0]
     batch, horizon, action_dim = 6, policy.config.horizon, policy.action_dim
@@ -88,12 +87,15 @@ def test_loss_matches_the_jax_flow_matching_loss(tmp_path, time_convention):
     assert delay.max() > 0  # the prefix path is exercised
 
     obs_t, actions_t = torch.from_numpy(obs), torch.from_numpy(actions)
-    if time_convention == "noise_at_0":
-        model, time = policy, tau
-    else:  # the same network seen as a LeRobot-style model: t = 1 - tau, predicts noise - action
-        model, time = (lambda o, x, t: -policy(o, x, 1 - t)), 1 - tau
-    inputs = tt.prefix_conditioned_inputs(actions_t, noise, time, delay, time_convention)
-    got = tt.postfix_mean((model(obs_t, inputs.x_t, inputs.time) - inputs.target) ** 2, delay)
-    assert abs(got.item() - want) <= 1e-5 * max(1.0, abs(want))
-    got.backward()
-    assert policy.out_proj.weight.grad is not None
+    models = {
+        "noise_at_0": (policy, tau),
+        # The same network seen as a LeRobot-style model: t = 1 - tau, predicts noise - action.
+        "noise_at_1": (lambda o, x, t: -policy(o, x, 1 - t), 1 - tau),
+    }
+    for time_convention, (model, time) in models.items():
+        inputs = tt.prefix_conditioned_inputs(actions_t, noise, time, delay, time_convention)
+        got = tt.postfix_mean((model(obs_t, inputs.x_t, inputs.time) - inputs.target) ** 2, delay)
+        assert abs(got.item() - want) <= 1e-5 * max(1.0, abs(want)), time_convention
+        policy.zero_grad()
+        got.backward()
+        assert policy.out_proj.weight.grad is not None

@@ -230,7 +230,7 @@ def _guided(velocity_fn, noise, prev_chunk, weights, end, beta, num_steps, use_j
             x1_hat, v = denoise(x)
         error = torch.where(valid, weights * (prev - x1_hat), zero)
         correction = vjp_fn(error)[0] if use_jacobian else error
-        return v + guidance_weight(tau, beta).to(v.device) * correction
+        return v + guidance_weight(tau, beta) * correction
 
     return _euler(step_velocity, noise, num_steps)
 
