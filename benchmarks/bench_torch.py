@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import statistics
 import time
+from typing import Literal
 
 import torch
 import tyro
@@ -41,6 +42,8 @@ class BenchTorchConfig:
     """BID (tens of Naive's time) is timed in the first rounds only, to keep the run short."""
     threads: int = 0
     """torch.set_num_threads; 0 keeps PyTorch's default."""
+    clock: Literal["wall", "cpu"] = "wall"
+    """``cpu`` (process CPU time) is steadier on a machine shared with other jobs; use it with threads=1."""
     seed: int = 0
 
 
@@ -78,14 +81,15 @@ def bench_batch(config: BenchTorchConfig, strong: FlowPolicy, weak: FlowPolicy, 
 
     for method in methods.values():  # warm-up: allocator, lazy init, vmap plumbing
         one_chunk(method)
+    clock = time.perf_counter if config.clock == "wall" else time.process_time
     times: dict[str, list[float]] = {name: [] for name in methods}
     for round_ in tqdm(range(config.repeats), desc=f"batch {batch}", leave=False):
         for name, method in methods.items():
             if isinstance(method, BID) and round_ >= config.bid_repeats:
                 continue
-            start = time.perf_counter()
+            start = clock()
             one_chunk(method)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
@@ -98,7 +102,7 @@ def main(config: BenchTorchConfig = BenchTorchConfig()) -> int:
     weak = FlowPolicy(config.obs_dim, config.action_dim, model).eval()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; default model (H={model.horizon}, "
           f"C={model.channel_dim}, {model.num_layers} layers), d={config.inference_delay}, s={config.execute_horizon}, "
-          f"{config.num_steps} flow steps, median of {config.repeats} interleaved rounds")
+          f"{config.num_steps} flow steps, median of {config.repeats} interleaved rounds, {config.clock} clock")
     results = {batch: bench_batch(config, strong, weak, batch) for batch in config.batches}
     header = f"{'method':<22}" + "".join(f"{f'B={b} ms':>12}{'x naive':>9}" for b in config.batches) + "  target"
     print(header)

@@ -187,13 +187,18 @@ def _in_noise_at_0(velocity_fn: VelocityFn, time_convention: str) -> VelocityFn:
     return velocity_noise_at_0
 
 
+def _flow_times(num_steps: int, device) -> torch.Tensor:
+    """tau = 0, 1/n, ..., (n-1)/n in float32, computed as JAX does (float32(i) * (1/n))."""
+    return torch.arange(num_steps, dtype=torch.float32, device=device) * (1.0 / num_steps)
+
+
 def _euler(step_velocity, x0: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """x <- x + v(x, tau)/n for tau = 0, 1/n, ..., (n-1)/n (tau in float32, as in JAX)."""
+    """x <- x + v(x, tau, i)/n for step i at tau = i/n."""
     dt = 1.0 / num_steps
-    taus = torch.arange(num_steps, dtype=torch.float32, device=x0.device) * dt
+    taus = _flow_times(num_steps, x0.device)
     x = x0
     for i in range(num_steps):
-        x = x + dt * step_velocity(x, taus[i])
+        x = x + dt * step_velocity(x, taus[i], i)
     return x
 
 
@@ -205,7 +210,7 @@ def _call(velocity_fn: VelocityFn, x: torch.Tensor, tau: torch.Tensor) -> torch.
 
 
 def _naive(velocity_fn, noise, num_steps):
-    return _euler(lambda x, tau: _call(velocity_fn, x, tau), noise, num_steps)
+    return _euler(lambda x, tau, i: _call(velocity_fn, x, tau), noise, num_steps)
 
 
 def _guided(velocity_fn, noise, prev_chunk, weights, end, beta, num_steps, use_jacobian):
@@ -215,11 +220,16 @@ def _guided(velocity_fn, noise, prev_chunk, weights, end, beta, num_steps, use_j
     weights = weights.to(noise.dtype).expand(noise.shape[:2])[..., None]
     prev = torch.where(valid, prev_chunk, torch.zeros_like(prev_chunk))
     zero = noise.new_zeros(())
+    # Per-step scalars as Python numbers, computed once: a few small tensor ops per step are a visible
+    # share of a step at batch 1 on the CPU. Their float32 values are kept, so results match JAX.
+    taus = _flow_times(num_steps, "cpu")
+    rest = (1 - taus).tolist()
+    guidance = guidance_weight(taus, beta).tolist()
 
-    def step_velocity(x, tau):
+    def step_velocity(x, tau, i):
         def denoise(x):
             v = _call(velocity_fn, x, tau)
-            return x + (1 - tau) * v, v
+            return x + rest[i] * v, v
 
         if use_jacobian:
             # The VJP must differentiate the velocity *as a function of x*: functorch tracks x itself, so
@@ -230,7 +240,7 @@ def _guided(velocity_fn, noise, prev_chunk, weights, end, beta, num_steps, use_j
             x1_hat, v = denoise(x)
         error = torch.where(valid, weights * (prev - x1_hat), zero)
         correction = vjp_fn(error)[0] if use_jacobian else error
-        return v + guidance_weight(tau, beta) * correction
+        return v + guidance[i] * correction
 
     return _euler(step_velocity, noise, num_steps)
 
@@ -242,7 +252,7 @@ def _trained_prefix(velocity_fn, noise, prev_chunk, delay, num_steps):
         prev_chunk = torch.zeros_like(noise)
     clamp = lambda x: torch.where(prefix[..., None], prev_chunk, x)  # noqa: E731
 
-    def step_velocity(x, tau):
+    def step_velocity(x, tau, i):
         return _call(velocity_fn, clamp(x), torch.where(prefix, torch.ones_like(tau), tau))
 
     # As in JAX: clamping once more makes the returned prefix equal prev_chunk exactly.
