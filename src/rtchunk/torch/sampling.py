@@ -48,7 +48,6 @@ from rtchunk.sampling import (
     Naive,
     Schedule,
     TrainedPrefix,
-    _check_beta,
     _check_schedule,
 )
 
