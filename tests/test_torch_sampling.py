@@ -115,6 +115,8 @@ def test_torch_specific_validation():
         ts.BID(num_samples=0)
     with pytest.raises(ValueError, match=r"top_k must be in \[1, num_samples=4\]"):
         ts.BID(num_samples=4, generator=torch.Generator(), weak_velocity_fn=lambda x, t: x, top_k=5)
+    with pytest.raises(ValueError, match="candidates_per_call must be None or an integer >= 1"):
+        ts.BID(num_samples=1, candidates_per_call=0)
     with pytest.raises(ValueError, match="candidate_noise must have shape"):
         ts.sample_chunk(lambda x, t: x, noise, ts.BID(num_samples=3, candidate_noise=torch.zeros(3, B, H, A)),
                         prev_chunk=prev, execute_horizon=3)
@@ -341,9 +343,10 @@ def test_bid_picks_the_most_coherent_candidate():
                                ts.sample_chunk(velocity_fn, noise, ts.Naive(), **kwargs), rtol=0, atol=0)
     by_generator = ts.sample_chunk(velocity_fn, noise, ts.BID(num_samples=6, generator=gen), **kwargs)
     by_noise = ts.sample_chunk(velocity_fn, noise, ts.BID(num_samples=6, candidate_noise=extra), **kwargs)
-    looped = ts.sample_chunk(velocity_fn, noise, ts.BID(num_samples=6, candidate_noise=extra, vectorize=False), **kwargs)
     torch.testing.assert_close(by_generator, by_noise, rtol=0, atol=0)
-    torch.testing.assert_close(looped, by_noise, atol=1e-6, rtol=1e-6)
+    for group in (1, 4):  # one at a time (no vmap), and groups with a remainder
+        method = ts.BID(num_samples=6, candidate_noise=extra, candidates_per_call=group)
+        torch.testing.assert_close(ts.sample_chunk(velocity_fn, noise, method, **kwargs), by_noise, atol=1e-6, rtol=1e-6)
     candidates = torch.stack([ts.sample_chunk(velocity_fn, z, ts.Naive(), num_steps=3) for z in torch.cat([noise[None], extra])])
     w = ts.prefix_weights(2, H - 3, H)
     loss = (w * torch.linalg.vector_norm(candidates - prev, dim=-1)).sum(-1)  # [N, B]

@@ -77,9 +77,13 @@ class BID:
     Candidate 0 uses the ``noise`` passed to ``sample_chunk``; candidates 1..N-1 use ``candidate_noise``
     ([N - 1, B, H, A]) when given, else noise drawn with ``generator`` (a ``torch.Generator`` on the noise's
     device). The weak policy (a velocity function in the same time convention) is sampled from the same
-    noises as the strong one. Candidates are integrated together with ``torch.func.vmap``; set
-    ``vectorize=False`` for velocity functions vmap cannot run (``.item()``, data-dependent control flow,
-    in-place updates of captured state) to integrate them one after another (same result, slower).
+    noises as the strong one.
+
+    Candidates are integrated ``candidates_per_call`` at a time with ``torch.func.vmap`` (``None``: all at
+    once). ``1`` integrates them one after another without vmap, for velocity functions vmap cannot run
+    (``.item()``, data-dependent control flow, in-place updates of captured state). The result is the
+    same; the speed is not: on a CPU, all at once is ~3x faster than one at a time at batch 1, while at
+    batch 64 one at a time is ~1.5x faster (the vmapped activations outgrow the caches).
     """
 
     generator: torch.Generator | None = None
@@ -87,9 +91,13 @@ class BID:
     weak_velocity_fn: VelocityFn | None = None
     top_k: int = 3
     candidate_noise: torch.Tensor | None = None
-    vectorize: bool = True
+    candidates_per_call: int | None = None
 
     def __post_init__(self):
+        if self.candidates_per_call is not None and (
+            not isinstance(self.candidates_per_call, (int, np.integer)) or self.candidates_per_call < 1
+        ):
+            raise ValueError(f"candidates_per_call must be None or an integer >= 1, got {self.candidates_per_call!r}")
         if not isinstance(self.num_samples, (int, np.integer)) or self.num_samples < 1:
             raise ValueError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
         if self.num_samples > 1 and self.generator is None and self.candidate_noise is None:
@@ -274,9 +282,11 @@ def _bid(method: BID, velocity_fn, weak_velocity_fn, noise, prev_chunk, delay, e
         noises = torch.cat([noises, extra], dim=0)
 
     def sample_all(fn):  # [N, B, H, A]
-        if method.vectorize:
-            return torch.func.vmap(lambda z: _naive(fn, z, num_steps))(noises)
-        return torch.stack([_naive(fn, z, num_steps) for z in noises])
+        group = method.candidates_per_call or n
+        if group == 1:
+            return torch.stack([_naive(fn, z, num_steps) for z in noises])
+        sample_group = torch.func.vmap(lambda z: _naive(fn, z, num_steps))
+        return torch.cat([sample_group(noises[k : k + group]) for k in range(0, n, group)])
 
     strong = sample_all(velocity_fn)
     if prev_chunk is None:
