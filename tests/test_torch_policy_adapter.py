@@ -69,7 +69,7 @@ def test_noise_at_1_velocity_and_batched_dict_observations(policy):
                                time_convention="noise_at_1", seed=4, batched=True)
     obs = np.random.RandomState(3).randn(2, OBS_DIM).astype(np.float32)
     leftover = np.random.RandomState(4).randn(2, 5, ACTION_DIM).astype(np.float32)
-    chunk = adapter({"state": obs, "task": ["a", "b"]}, leftover, 1, 3)
+    chunk = adapter({"task": ["a", "b"], "state": obs}, leftover, 1, 3)
     assert chunk.shape == (2, H, ACTION_DIM)
     noise = torch.randn(2, H, ACTION_DIM, generator=torch.Generator().manual_seed(4))
     prev = torch.zeros(2, H, ACTION_DIM)
@@ -86,6 +86,12 @@ def test_adapter_validation(policy):
         adapter(obs, np.zeros((H + 1, ACTION_DIM)), 1, 3)
     with pytest.raises(ValueError, match=r"prev_chunk_leftover must have shape"):
         adapter(obs, np.zeros((4, ACTION_DIM + 1)), 1, 3)
+    with pytest.raises(ValueError, match=r"prev_chunk_leftover must have shape"):
+        adapter(obs, np.zeros(ACTION_DIM), 1, 3)
+    # An empty leftover is no leftover: Naive.
+    empty = TorchChunkPolicy.from_flow_policy(policy, method=ts.RTC(), seed=5)(obs, np.zeros((0, ACTION_DIM)), 2, 3)
+    naive = TorchChunkPolicy.from_flow_policy(policy, method=ts.Naive(), seed=5)(obs, None, 2, 3)
+    np.testing.assert_array_equal(empty, naive)
     with pytest.raises(ValueError, match=r"execute_horizon must be an integer in \[1, horizon=8\]"):
         adapter(obs, None, 1, 0)
     with pytest.raises(ValueError, match="estimated_delay must be an integer >= 0"):

@@ -47,7 +47,7 @@ def _batch_size(tree) -> int:
             if size:
                 return size
         return 0
-    return int(tree.shape[0]) if tree.ndim else 0
+    return int(tree.shape[0]) if isinstance(tree, torch.Tensor) and tree.ndim else 0
 
 
 class TorchChunkPolicy:
@@ -132,13 +132,13 @@ class TorchChunkPolicy:
         if batch < 1:
             raise ValueError("a batched observation must contain at least one array with a leading batch axis")
         method, prev, delay, s = self.method, None, 0, int(execute_horizon)
-        if prev_chunk_leftover is not None and np.shape(prev_chunk_leftover)[-2] > 0:
+        if prev_chunk_leftover is not None:
             prev, length = self._leftover(prev_chunk_leftover, batch)
             # Guidance ends where the leftover does if that comes first: end = H - s  ->  s' = max(s, H - L).
             s = max(s, h - length)
             delay = min(int(estimated_delay), h - s)
-        else:
-            method = Naive()
+        if prev is None or length == 0:
+            method, prev = Naive(), None
         noise = torch.randn((batch, h, self.action_dim), generator=self.generator, dtype=self.dtype, device=self.device)
         with torch.no_grad():
             velocity_fn = self.make_velocity_fn(observation)
