@@ -123,6 +123,8 @@ class TorchChunkPolicy:
 
     def __call__(self, observation, prev_chunk_leftover, estimated_delay, execute_horizon) -> np.ndarray:
         h = self.horizon
+        if execute_horizon is None and prev_chunk_leftover is None:
+            execute_horizon = h  # the runtime's first call: nothing executed yet, nothing to continue
         if not isinstance(execute_horizon, (int, np.integer)) or not 1 <= execute_horizon <= h:
             raise ValueError(f"execute_horizon must be an integer in [1, horizon={h}], got {execute_horizon!r}")
         if not isinstance(estimated_delay, (int, np.integer)) or estimated_delay < 0:
