@@ -128,3 +128,20 @@ def test_load_policy_rejects_a_mismatching_checkpoint(tmp_path, policies):
     save(tmp_path / "other", {"w": np.zeros(2, np.float32)}, {"kind": "expert"})
     with pytest.raises(CheckpointError, match="not a flow policy"):
         tm.load_policy(tmp_path / "other")
+
+
+def test_time_table_matches_dense_time_and_jax(policies, inputs):
+    from rtchunk.sampling import TimeTable as JaxTimeTable
+    from rtchunk.torch.sampling import TimeTable
+
+    values = np.array([0.2, 1.0, 0.6], np.float32)
+    index = np.random.RandomState(2).randint(0, 3, (B, H))
+    obs, x = torch.from_numpy(inputs["obs"]), torch.from_numpy(inputs["noise"])
+    with torch.no_grad():
+        table = TimeTable(torch.from_numpy(values), torch.from_numpy(index))
+        got = policies["torch"](obs, x, table)
+        dense = policies["torch"](obs, x, table.dense((B, H)))
+    np.testing.assert_allclose(got.numpy(), dense.numpy(), atol=1e-5)
+    want = np.asarray(policies["jax"](jnp.asarray(inputs["obs"]), jnp.asarray(inputs["noise"]),
+                                      JaxTimeTable(jnp.asarray(values), jnp.asarray(index))))
+    np.testing.assert_allclose(got.numpy(), want, atol=TOLERANCE)

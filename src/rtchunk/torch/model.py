@@ -19,6 +19,7 @@ from torch import nn
 
 from rtchunk.checkpoints import CheckpointError, load_arrays, load_meta, unflatten_like
 from rtchunk.model import ModelConfig
+from rtchunk.torch.sampling import TimeTable
 
 LAYER_NORM_EPSILON = 1e-6  # flax.nnx.LayerNorm's default
 
@@ -62,6 +63,13 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x, approximate="tanh")
 
 
+def _modulation(linear: nn.Linear, time) -> torch.Tensor:
+    """The modulation of every token: computed on the time features, looked up by index if tabled."""
+    features, index = time
+    out = linear(features)
+    return out if index is None else out[index]
+
+
 class MixerBlock(nn.Module):
     """Token mixing then channel mixing, each modulated (scale, shift, gate) per token by the time embedding."""
 
@@ -75,14 +83,14 @@ class MixerBlock(nn.Module):
         self.channel_in = _linear(c, config.channel_hidden_dim, bias=False)
         self.channel_out = _linear(config.channel_hidden_dim, c, bias=False)
 
-    def forward(self, h: torch.Tensor, time_features: torch.Tensor) -> torch.Tensor:
-        # h: [B, H, C]; time_features: [b, h, C] broadcastable to h.
-        scale, shift, gate = self.token_modulation(time_features).chunk(3, dim=-1)
+    def forward(self, h: torch.Tensor, time) -> torch.Tensor:
+        # h: [B, H, C]; time: see FlowPolicy._time_features.
+        scale, shift, gate = _modulation(self.token_modulation, time).chunk(3, dim=-1)
         y = _norm(h) * (1 + scale) + shift
         y = self.token_out(_gelu(self.token_in(y.transpose(1, 2)))).transpose(1, 2)
         h = h + gate * y
 
-        scale, shift, gate = self.channel_modulation(time_features).chunk(3, dim=-1)
+        scale, shift, gate = _modulation(self.channel_modulation, time).chunk(3, dim=-1)
         y = _norm(h) * (1 + scale) + shift
         y = self.channel_out(_gelu(self.channel_in(y)))
         return h + gate * y
@@ -113,7 +121,17 @@ class FlowPolicy(nn.Module):
             raise ValueError(f"obs must have shape [batch, {self.obs_dim}], got {tuple(obs.shape)}")
         return F.linear(obs, self.in_proj.weight[:, self.action_dim :], self.in_proj.bias)
 
-    def _time_features(self, tau, batch: int) -> torch.Tensor:
+    def _time_features(self, tau, batch: int):
+        """(features, index) as in the JAX model: features [b, h, C] and None, or for a ``TimeTable`` the
+        features [K, C] of its distinct times and the per-token index [b, h]."""
+        if isinstance(tau, TimeTable):
+            values, index = torch.as_tensor(tau.values, dtype=torch.float32, device=self.in_proj.weight.device), tau.index
+            if values.ndim != 1 or index.ndim != 2 or index.shape[0] not in (1, batch) or \
+                    index.shape[1] != self.config.horizon:
+                raise ValueError(f"TimeTable must hold values [K] and index [1 or {batch}, {self.config.horizon}], "
+                                 f"got {tuple(values.shape)} and {tuple(index.shape)}")
+            emb = sincos_embedding(values, self.config.channel_dim).to(self.in_proj.weight.dtype)
+            return F.silu(self.time_mlp_2(F.silu(self.time_mlp_1(emb)))), index
         tau = torch.as_tensor(tau, dtype=torch.float32, device=self.in_proj.weight.device)
         if tau.ndim == 0:
             tau = tau.reshape(1, 1)
@@ -126,13 +144,13 @@ class FlowPolicy(nn.Module):
             )
         # Computed at tau's own shape and broadcast later: a shared time costs one embedding, not B*H.
         emb = sincos_embedding(tau, self.config.channel_dim).to(self.in_proj.weight.dtype)
-        return F.silu(self.time_mlp_2(F.silu(self.time_mlp_1(emb))))
+        return F.silu(self.time_mlp_2(F.silu(self.time_mlp_1(emb)))), None
 
     def _trunk(self, h: torch.Tensor, tau) -> torch.Tensor:
-        time_features = self._time_features(tau, h.shape[0])
+        time = self._time_features(tau, h.shape[0])
         for block in self.blocks:
-            h = block(h, time_features)
-        scale, shift = self.final_modulation(time_features).chunk(2, dim=-1)
+            h = block(h, time)
+        scale, shift = _modulation(self.final_modulation, time).chunk(2, dim=-1)
         return self.out_proj(_norm(h) * (1 + scale) + shift)
 
     def _check_chunk(self, x_t: torch.Tensor, batch: int):
@@ -157,6 +175,7 @@ class FlowPolicy(nn.Module):
             return self.velocity(features, x_t, tau)
 
         velocity_fn.accepts_broadcast_time = True
+        velocity_fn.accepts_time_table = True
         return velocity_fn
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Literal, Union
+from typing import Callable, Literal, NamedTuple, Union
 
 import numpy as np
 import torch
@@ -107,6 +107,17 @@ class BID:
             )
         if self.weak_velocity_fn is not None and not 1 <= self.top_k <= self.num_samples:
             raise ValueError(f"top_k must be in [1, num_samples={self.num_samples}], got {self.top_k}")
+
+
+class TimeTable(NamedTuple):
+    """Per-token flow times as distinct values and an index, as ``rtchunk.sampling.TimeTable``: passed to a
+    velocity function that sets ``accepts_time_table`` (TrainedPrefix's prefix time and the shared time)."""
+
+    values: torch.Tensor  # [K]
+    index: torch.Tensor  # [1 or B, H] long
+
+    def dense(self, shape) -> torch.Tensor:
+        return self.values[self.index].expand(shape)
 
 
 Method = Union[Naive, RTC, HardMask, JacobianFree, TrainedPrefix, BID]
@@ -188,9 +199,12 @@ def _in_noise_at_0(velocity_fn: VelocityFn, time_convention: str) -> VelocityFn:
         return velocity_fn
 
     def velocity_noise_at_0(x, tau):
+        if isinstance(tau, TimeTable):
+            return -velocity_fn(x, TimeTable(1 - tau.values, tau.index))
         return -velocity_fn(x, 1 - tau)
 
     velocity_noise_at_0.accepts_broadcast_time = getattr(velocity_fn, "accepts_broadcast_time", False)
+    velocity_noise_at_0.accepts_time_table = getattr(velocity_fn, "accepts_time_table", False)
     return velocity_noise_at_0
 
 
@@ -260,6 +274,10 @@ def _trained_prefix(velocity_fn, noise, prev_chunk, delay, num_steps):
     clamp = lambda x: torch.where(prefix[..., None], prev_chunk, x)  # noqa: E731
 
     def step_velocity(x, tau, i):
+        if getattr(velocity_fn, "accepts_time_table", False):
+            # Two distinct times (the clean prefix's and the shared one): two time embeddings, not B*H.
+            table = TimeTable(torch.stack([tau, torch.ones_like(tau)]), prefix.long())
+            return velocity_fn(clamp(x), table)
         return _call(velocity_fn, clamp(x), torch.where(prefix, torch.ones_like(tau), tau))
 
     # As in JAX: clamping once more makes the returned prefix equal prev_chunk exactly.
