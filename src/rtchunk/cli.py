@@ -13,6 +13,9 @@ import sys
 # name -> (module:function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "sample-demo": ("rtchunk.sample_demo:main", "sample chunks with every method from a random policy (no training)"),
+    "levels": ("rtchunk.kinetix.levels_cli:main", "list, describe and shrink Kinetix levels"),
+    "eval": ("rtchunk.kinetix.sweep:main", "simulated-delay sweep: levels x methods x delays x execute horizons -> CSV"),
+    "report": ("rtchunk.kinetix.report:main", "plots and a markdown table from an eval run"),
 }
 
 
