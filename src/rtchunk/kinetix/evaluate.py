@@ -107,11 +107,12 @@ def policy_chunk_fn(graphdef, method: Method, num_steps: int = 5, weak_policy: b
 
 
 def scripted_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
-    """A policy for checking execution: ``chunk[b, i] = (id, i, told delay, 0, ...)``.
+    """A policy for checking execution: ``chunk[b, i] = (id, i, told delay, prev_chunk[b, i, 1], 0, ...)``.
 
     The id counts the chunks of each environment: 1 for the first, then previous id + 1 (read from
     ``prev_chunk``, which is the chunk being executed), so an executed action says exactly which chunk and
-    which index it came from. Needs action_dim >= 3.
+    which index it came from; the fourth entry says which index of the previous chunk the sampler was
+    given at position i. Needs action_dim >= 3 (>= 4 for the fourth entry).
     """
     del params, obs, execute_horizon, rng
     batch, horizon, action_dim = noise.shape
@@ -119,7 +120,10 @@ def scripted_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_h
     chunk = jnp.zeros((batch, horizon, action_dim), jnp.float32)
     chunk = chunk.at[:, :, 0].set(ids[:, None])
     chunk = chunk.at[:, :, 1].set(jnp.arange(horizon, dtype=jnp.float32)[None])
-    return chunk.at[:, :, 2].set(jnp.asarray(inference_delay, jnp.float32)[:, None])
+    chunk = chunk.at[:, :, 2].set(jnp.asarray(inference_delay, jnp.float32)[:, None])
+    if action_dim > 3:
+        chunk = chunk.at[:, :, 3].set(-1.0 if prev_chunk is None else prev_chunk[:, :, 1])
+    return chunk
 
 
 # -- configuration -----------------------------------------------------------------------------------
@@ -131,6 +135,8 @@ class HarnessConfig:
 
     num_envs: int = 2048
     horizon: int = 8
+    rollout_steps: int | None = None
+    """Steps per rollout (default: the environment's episode length, so every first episode ends)."""
     execution: Execution = "latest"
     ensemble_decay: float = 0.01
     """Temporal ensembling: weight exp(-decay * k) for the k-th chunk (ACT's m)."""
@@ -149,6 +155,8 @@ class HarnessConfig:
             raise ValueError(f"num_envs must be an integer >= 1, got {self.num_envs!r}")
         if not isinstance(self.horizon, int) or self.horizon < 1:
             raise ValueError(f"horizon must be an integer >= 1, got {self.horizon!r}")
+        if self.rollout_steps is not None and (not isinstance(self.rollout_steps, int) or self.rollout_steps < 1):
+            raise ValueError(f"rollout_steps must be an integer >= 1, got {self.rollout_steps!r}")
         if self.execution not in ("latest", "ensemble"):
             raise ValueError(f"execution must be 'latest' or 'ensemble', got {self.execution!r}")
         if self.delay_contract not in ("overlap", "horizon"):
@@ -171,7 +179,11 @@ class DelaySpec:
 
 def delay_spec(profile: delays_lib.DelayProfile, execute_horizon: int, horizon: int,
                initial_estimate: int | None = None) -> DelaySpec:
-    """Check s and the profile against H and pack them as arrays (the initial estimate defaults to the median)."""
+    """Check s and the profile against H and pack them as arrays (the initial estimate defaults to the median).
+
+    The support is padded with zero-probability entries to 8 values (or the next power of two), so fixed
+    and stochastic profiles share one compiled rollout.
+    """
     if not isinstance(execute_horizon, (int, np.integer)) or not 1 <= execute_horizon <= horizon:
         raise ValueError(f"execute_horizon must be an integer in [1, horizon={horizon}], got {execute_horizon!r}")
     values, probs = delays_lib.support(profile)
@@ -179,10 +191,12 @@ def delay_spec(profile: delays_lib.DelayProfile, execute_horizon: int, horizon: 
         initial_estimate = delays_lib.quantile(profile, 0.5)
     if not isinstance(initial_estimate, (int, np.integer)) or initial_estimate < 0:
         raise ValueError(f"initial_estimate must be an integer >= 0, got {initial_estimate!r}")
+    size = max(8, 1 << (len(values) - 1).bit_length())
+    pad = size - len(values)
     return DelaySpec(
         execute_horizon=np.int32(execute_horizon),
-        delay_values=values.astype(np.int32),
-        delay_probs=probs.astype(np.float32),
+        delay_values=np.concatenate([values, np.zeros(pad)]).astype(np.int32),
+        delay_probs=np.concatenate([probs, np.zeros(pad)]).astype(np.float32),
         initial_estimate=np.int32(initial_estimate),
     )
 
@@ -354,7 +368,7 @@ def _devices_for(num_envs: int, max_devices: int | None):
 @functools.lru_cache(maxsize=32)
 def compiled_rollout(env, chunk_fn, config: HarnessConfig):
     """The jitted, sharded rollout ``(params, level, spec, keys [B]) -> Records`` for these static parts."""
-    steps = int(env.env_params.max_timesteps)
+    steps = config.rollout_steps or int(env.env_params.max_timesteps)
     local = _make_local_rollout(env, chunk_fn, config, steps)
     devices = _devices_for(config.num_envs, config.max_devices)
     mesh = jax.sharding.Mesh(np.array(devices), ("env",))
