@@ -113,7 +113,11 @@ class KinetixEnv:
         self.action_dim = static_env_params.num_motor_bindings + static_env_params.num_thruster_bindings
         empty = jax.eval_shape(lambda: create_empty_env(self.full_static_env_params))
         self.base_obs_dim = int(jax.eval_shape(self._render, empty).shape[-1])
-        self.obs_dim = self.base_obs_dim * config.obs_history + (self.action_dim if config.prev_action else 0)
+        """Size of one symbolic observation (before history and previous action)."""
+
+    @property
+    def obs_dim(self) -> int:
+        return self.base_obs_dim * self.config.obs_history + (self.action_dim if self.config.prev_action else 0)
 
     def _key(self):
         return (self.config, self.static_env_params, self.full_static_env_params, self.env_params)
