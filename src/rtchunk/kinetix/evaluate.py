@@ -275,10 +275,9 @@ def _make_local_rollout(env, chunk_fn, config: HarnessConfig, steps: int):
             ep_length=jnp.zeros(batch, jnp.int32), ep_solved=jnp.zeros(batch, bool),
         )
 
-        def step(carry, t):
+        def launch(carry, t, start):
+            """Start inferences where ``start``: sample the delays, tell the estimate, compute the chunks."""
             buf = carry["buf"]
-            start = carry["next_start"] == t
-            # -- a new inference, for the environments whose cycle starts now ---------------------------
             newest = jnp.argmax(buf.seq, axis=1)  # [B]
             pick = lambda x: jnp.take_along_axis(x, newest[:, None], axis=1)[:, 0]  # noqa: E731
             cur = jnp.take_along_axis(buf.actions, newest[:, None, None, None], axis=1)[:, 0]  # [B, H, A]
@@ -287,27 +286,32 @@ def _make_local_rollout(env, chunk_fn, config: HarnessConfig, steps: int):
             prev = jnp.take_along_axis(cur, prev_idx[:, :, None], axis=1)
             estimate = jnp.asarray(config.estimator.estimate(carry["history"]), jnp.int32)
             told = jnp.clip(estimate, 0, told_max)
-
-            def infer(_):
-                out = chunk_fn(params, carry["obs"], noise_at(t), prev, told, s, jax.random.fold_in(policy_key, t))
-                return out.astype(jnp.float32)
-
-            chunk = jax.lax.cond(jnp.any(start), infer, lambda _: jnp.zeros_like(cur), None)
+            chunk = chunk_fn(params, carry["obs"], noise_at(t), prev, told, s, jax.random.fold_in(policy_key, t))
             delay = jax.vmap(lambda k: jax.random.categorical(k, logits))(at_step(delay_keys, t))
             delay = spec.delay_values[delay]
-            seq_new = pick(buf.seq) + 1
             oldest = jnp.argmin(buf.seq, axis=1)  # an empty slot (seq 0) or the oldest chunk, which covers nothing
             write = start[:, None] & (jnp.arange(slots)[None] == oldest[:, None])  # [B, K]
             buf = _Buffer(
-                actions=jnp.where(write[:, :, None, None], chunk[:, None], buf.actions),
+                actions=jnp.where(write[:, :, None, None], chunk.astype(jnp.float32)[:, None], buf.actions),
                 origin=jnp.where(write, t, buf.origin),
                 arrival=jnp.where(write, t + delay[:, None], buf.arrival),
-                seq=jnp.where(write, seq_new[:, None], buf.seq),
+                seq=jnp.where(write, pick(buf.seq)[:, None] + 1, buf.seq),
             )
             history = jnp.where(
                 start[:, None], jnp.concatenate([carry["history"][:, 1:], delay[:, None]], axis=1), carry["history"]
             )
             next_start = jnp.where(start, t + jnp.maximum(s, delay), carry["next_start"])
+            return buf, history, next_start, jnp.where(start, delay, -1), jnp.where(start, told, -1)
+
+        def no_launch(carry, t, start):
+            none = jnp.full(start.shape, -1, jnp.int32)
+            return carry["buf"], carry["history"], carry["next_start"], none, none
+
+        def step(carry, t):
+            start = carry["next_start"] == t
+            # Only steps where some environment starts an inference pay for one (with fixed delays: every
+            # s-th step, all environments at once).
+            buf, history, next_start, delay, told = jax.lax.cond(jnp.any(start), launch, no_launch, carry, t, start)
 
             # -- the action executed at step t ----------------------------------------------------------
             index = t - buf.origin  # [B, K]
@@ -341,7 +345,7 @@ def _make_local_rollout(env, chunk_fn, config: HarnessConfig, steps: int):
                 ep_solved=jnp.where(ending, info["returned_episode_solved"], carry["ep_solved"]),
             )
             out = dict(action=action, done=done, starved=starved, switched=switched, cycle_start=start,
-                       delay=jnp.where(start, delay, -1), told_delay=jnp.where(start, told, -1))
+                       delay=delay, told_delay=told)
             if config.record_states:
                 out["states"] = jax.tree.map(lambda x: x[: config.record_states], carry["env_state"].physics)
             return new, out
