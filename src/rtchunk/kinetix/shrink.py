@@ -74,10 +74,14 @@ def _used(state: EnvState, static: StaticEnvParams) -> dict[str, set[int]]:
     return {"polygons": polys, "circles": circles, "joints": joints, "thrusters": thrusters}
 
 
+MIN_SLOTS = SlotCounts(polygons=1, circles=2, joints=1, thrusters=1)
+"""jax2d needs at least one slot of each kind, and two circles (it enumerates circle pairs)."""
+
+
 def used_slots(level: Level) -> SlotCounts:
-    """How many slots of each kind the level needs (at least one of each, and all static polygons)."""
+    """How many slots of each kind the level needs (at least ``MIN_SLOTS``, and all static polygons)."""
     used = _used(level.state, level.static_env_params)
-    return SlotCounts(*(max(len(used[k]), 1) for k in ("polygons", "circles", "joints", "thrusters")))
+    return SlotCounts(*(max(len(used[f.name]), getattr(MIN_SLOTS, f.name)) for f in dataclasses.fields(SlotCounts)))
 
 
 def common_counts(levels: Sequence[Level]) -> SlotCounts:
@@ -108,6 +112,9 @@ def shrink_level(level: Level, counts: SlotCounts | None = None) -> tuple[EnvSta
     counts = counts or used_slots(level)
     if counts.polygons < full.num_static_fixated_polys:
         raise ValueError(f"polygons must be >= num_static_fixated_polys={full.num_static_fixated_polys}")
+    for f in dataclasses.fields(SlotCounts):
+        if getattr(counts, f.name) < getattr(MIN_SLOTS, f.name):
+            raise ValueError(f"{f.name} must be >= {getattr(MIN_SLOTS, f.name)} (jax2d), got {getattr(counts, f.name)}")
     s = jax.tree.map(np.asarray, level.state)
     used = _used(s, full)
     pm = _choose(used["polygons"], full.num_polygons, counts.polygons, "polygons")
