@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import struct
 
-from kinetix_helpers import level
+from kinetix_helpers import FAST, level
 from rtchunk.kinetix import envs
 
 EPISODE = 6
@@ -147,8 +147,8 @@ def test_shrunk_environment_observes_exactly_the_full_level():
     small_env, (small,) = envs.make_env([lvl], envs.EnvConfig(obs_history=4, prev_action=True, shrink=True))
     assert small_env.shrunk and not full_env.shrunk and small_env.static_env_params.num_polygons == 6
     assert small_env.obs_dim == full_env.obs_dim == 4 * full_env.base_obs_dim + 6
-    obs_full, _ = jax.jit(full_env.reset)(jax.random.key(0), full)
-    obs_small, _ = jax.jit(small_env.reset)(jax.random.key(0), small)
+    obs_full, _ = jax.jit(full_env.reset, compiler_options=FAST)(jax.random.key(0), full)
+    obs_small, _ = jax.jit(small_env.reset, compiler_options=FAST)(jax.random.key(0), small)
     np.testing.assert_array_equal(obs_full, obs_small)
     assert full_env == envs.make_env([lvl], envs.EXPERT_ENV)[0]  # hashable and equal: shared compiles
     with pytest.raises(ValueError, match="obs_history"):
@@ -157,9 +157,9 @@ def test_shrunk_environment_observes_exactly_the_full_level():
 
 def test_one_environment_serves_many_levels():
     env, arrays = envs.make_env([level(), level("l/h4_cartpole")], envs.EnvConfig(shrink=True))
-    reset = jax.jit(env.reset)
+    reset = jax.jit(env.reset, compiler_options=FAST)
     obs = [reset(jax.random.key(0), a)[0] for a in arrays]
     assert reset._cache_size() == 1 and not np.array_equal(obs[0], obs[1])
     stacked = envs.stack_levels(arrays)
-    both, _ = jax.jit(jax.vmap(env.reset, in_axes=(None, 0)))(jax.random.key(0), stacked)
+    both, _ = jax.jit(jax.vmap(env.reset, in_axes=(None, 0)), compiler_options=FAST)(jax.random.key(0), stacked)
     np.testing.assert_array_equal(both, np.stack(obs))

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kinetix_helpers import TINY_MODEL
+from kinetix_helpers import FAST, TINY_MODEL
 from rtchunk import BID, RTC, FlowPolicy, Naive, TrainedPrefix, checkpoints, sample_chunk
 from rtchunk.cli import main as cli_main
 from rtchunk.kinetix import evaluate as ev
@@ -94,7 +94,7 @@ def test_policy_chunk_fn_is_sample_chunk_with_the_policy(tmp_path):
     bid = ev.policy_chunk_fn(graphdef, BID(rng=jax.random.key(9), num_samples=4, top_k=2), 3, weak_policy=True)
     weak_params = nnx.split(weak)[1]
 
-    @jax.jit
+    @jax.jit(compiler_options=FAST)
     def both(params, weak_params):
         pol, wk = nnx.merge(graphdef, params), nnx.merge(graphdef, weak_params)
         v = pol.velocity_fn(obs)

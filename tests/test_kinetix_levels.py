@@ -110,7 +110,7 @@ def test_expanding_a_shrunk_level_restores_every_used_slot_and_the_observation()
     for kind, mask in used.items():
         for a, b in zip(jax.tree.leaves(getattr(expanded, kind)), jax.tree.leaves(getattr(s, kind))):
             np.testing.assert_array_equal(np.asarray(a)[mask], np.asarray(b)[mask])
-    render = make_render_symbolic(lvl.env_params, full_static)
+    render = jax.jit(make_render_symbolic(lvl.env_params, full_static))
     np.testing.assert_array_equal(render(expanded), render(jax.tree.map(jnp.asarray, s)))
 
 

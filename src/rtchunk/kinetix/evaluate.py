@@ -258,6 +258,9 @@ def _make_local_rollout(env, chunk_fn, config: HarnessConfig, steps: int):
         obs, env_state = jax.vmap(env.reset, in_axes=(0, None))(at_step(env_keys, steps), level)
         first = chunk_fn(params, obs, noise_at(steps), None, jnp.zeros(batch, jnp.int32), s,
                          jax.random.fold_in(policy_key, steps))
+        if first.shape != (batch, horizon, action_dim):
+            raise ValueError(f"chunk_fn returned chunks of shape {first.shape[1:]}, expected [horizon, action_dim] = "
+                             f"[{horizon}, {action_dim}] (HarnessConfig.horizon must be the policy's horizon)")
         empty = jnp.zeros((batch, slots, horizon, action_dim), jnp.float32)
         buf = _Buffer(
             actions=empty.at[:, 0].set(first.astype(jnp.float32)),
