@@ -73,7 +73,8 @@ def test_resume_skips_finished_rows_and_drops_a_cut_line(run_dir):
 def test_report_from_the_run(run_dir):
     assert cli_main(["report", "--run", str(run_dir)]) == 0
     text = (run_dir / "report.md").read_text()
-    assert "randomly initialised" in text and "## Average over levels" in text and MIXTURE in text
+    assert "randomly initialised" in text and "## h17_unicycle" in text and MIXTURE in text
+    assert "## Average" not in text  # one level: nothing to average
     assert (run_dir / "solve_rate_vs_delay.png").stat().st_size > 0
     assert (run_dir / "solve_rate_vs_horizon.png").stat().st_size > 0
     r = next(r for r in rows(run_dir) if r["d"] == "1" and r["s"] == "1")
@@ -145,3 +146,26 @@ def test_profile_specs():
             sweep.parse_profile(bad)
     points = sweep.grid(dataclasses.replace(CONFIG, delays=(0, 4), profiles=("fixed",)), H)
     assert [(p.d, p.s) for p in points] == [(0, s) for s in range(1, 9)] + [(4, 4)]
+
+
+def test_report_pools_levels_and_averages_only_shared_configurations(tmp_path):
+    def row(level, method, d, s, solved, n=100, profile="fixed"):
+        r = {c: "" for c in sweep.COLUMNS}
+        r.update(level=level, method=method, d=d, s=s, profile=profile, num_envs=n, solved=solved, policy="ckpt")
+        return r
+
+    rows = [row("a", "rtc", 1, 1, 90), row("b", "rtc", 1, 1, 50, n=50), row("a", "rtc", 2, 2, 80),
+            row("a", "naive", 1, 1, 40), row("b", "naive", 1, 1, 30, n=50)]
+    writer = sweep.ResultsWriter(tmp_path / "results.csv")
+    for r in rows:
+        writer.write(r)
+    writer.close()
+    rates = report.fixed_rates(sweep.read_rows(tmp_path / "results.csv"))
+    assert rates[(report.AVERAGE, "rtc", 1, 1)] == report.Rate(140, 150)
+    assert rates[(report.AVERAGE, "naive", 1, 1)] == report.Rate(70, 150)
+    assert (report.AVERAGE, "rtc", 2, 2) not in rates  # level b lacks it
+    path = report.write_report(report.ReportConfig(run=tmp_path))
+    text = path.read_text()
+    assert "randomly initialised" not in text
+    average = text.split("## Average over levels")[1].split("##")[0]
+    assert f"| naive | {report.Rate(70, 150)} |" in average and f"| rtc | {report.Rate(140, 150)} |" in average

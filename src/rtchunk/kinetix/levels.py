@@ -20,31 +20,9 @@ import jax
 import numpy as np
 from kinetix.environment.env_state import EnvParams, EnvState, StaticEnvParams
 
-PAPER_LEVELS: tuple[str, ...] = (
-    "grasp_easy",
-    "catapult",
-    "cartpole_thrust",
-    "hard_lunar_lander",
-    "mjc_half_cheetah",
-    "mjc_swimmer",
-    "mjc_walker",
-    "h17_unicycle",
-    "chain_lander",
-    "catcher_v3",
-    "trampoline",
-    "car_launch",
-)
-"""The papers' 12 benchmark levels, in the papers' order."""
+from rtchunk.kinetix.paper import PAPER_LEVELS, PAPER_SLOTS
 
-PAPER_STATIC_ENV_PARAMS = StaticEnvParams(
-    num_polygons=12,
-    num_circles=4,
-    num_joints=6,
-    num_thrusters=2,
-    num_motor_bindings=4,
-    num_thruster_bindings=2,
-    frame_skip=2,
-)
+PAPER_STATIC_ENV_PARAMS = StaticEnvParams(**PAPER_SLOTS)
 """Every paper level is padded to these slot counts (Kinetix's ``l`` size)."""
 
 SLOT_FIELDS = ("num_polygons", "num_circles", "num_joints", "num_thrusters")

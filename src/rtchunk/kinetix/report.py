@@ -71,7 +71,8 @@ def _method_order(methods) -> list[str]:
 
 
 def fixed_rates(rows: list[dict]) -> dict[tuple[str, str, int, int], Rate]:
-    """{(level, method, d, s): Rate} for fixed-delay rows, plus level 'average' where every level has the row."""
+    """{(level, method, d, s): Rate} for fixed-delay rows, plus level 'average' (with two or more levels)
+    for configurations every level has."""
     rates: dict[tuple[str, str, int, int], Rate] = {}
     for r in rows:
         if r["profile"] != "fixed":
@@ -82,7 +83,7 @@ def fixed_rates(rows: list[dict]) -> dict[tuple[str, str, int, int], Rate]:
     for (level, method, d, s), rate in rates.items():
         by_config[(method, d, s)].append(rate)
     for (method, d, s), rs in by_config.items():
-        if len(rs) == len(levels):
+        if len(levels) > 1 and len(rs) == len(levels):
             rates[(AVERAGE, method, d, s)] = Rate(sum(r.solved for r in rs), sum(r.trials for r in rs))
     return rates
 
@@ -178,14 +179,14 @@ def write_report(config: ReportConfig) -> Path:
     out = Path(config.out or run)
     rows = load_rows(run)
     rates = fixed_rates(rows)
-    made = []
+    made = []  # (alt text, path)
     p = plot(rates, out / "solve_rate_vs_delay.png", x_of=lambda k: k[2], select=lambda k: k[3] == max(k[2], 1),
              xlabel="inference delay d (s = max(d, 1))", title="Solve rate vs inference delay")
-    made += [p] if p else []
+    made += [("solve rate vs delay", p)] if p else []
     d1 = config.d_for_horizon_plot
     p = plot(rates, out / "solve_rate_vs_horizon.png", x_of=lambda k: k[3], select=lambda k: k[2] == d1,
              xlabel=f"execute horizon s (d = {d1})", title=f"Solve rate vs execute horizon at d = {d1}")
-    made += [p] if p else []
+    made += [("solve rate vs execute horizon", p)] if p else []
 
     policies = sorted({r["policy"] for r in rows})
     parts = [f"# Kinetix evaluation: {run}", ""]
@@ -194,7 +195,7 @@ def write_report(config: ReportConfig) -> Path:
     envs = sorted({r["num_envs"] for r in rows})
     parts += [f"{len(rows)} configurations, {', '.join(envs)} environments each (first episode counted), "
               f"solve rates with Wilson 95 % intervals. Policies: {', '.join(policies)}.", ""]
-    parts += [f"![solve rate vs delay]({m.name})" for m in made] + [""]
+    parts += [f"![{alt}]({path.relative_to(out) if path.is_relative_to(out) else path})" for alt, path in made] + [""]
     table = delay_table(rates, AVERAGE)
     if table:
         parts += ["## Average over levels", "", table, ""]

@@ -12,7 +12,8 @@ for every level or a directory with one sub-directory per level name. Without it
 randomly initialised policy and says so loudly: that only exercises the pipeline.
 
 Environments are sharded over all JAX devices; on a CPU the command asks XLA for 2 host devices
-(about 1.9x on 2 cores) unless ``XLA_FLAGS`` already says otherwise. ``--shard i/n`` evaluates every
+(about 1.9x on 2 cores) unless ``XLA_FLAGS`` already says otherwise. (This module imports neither JAX's
+backend nor Kinetix at import time, so the flag can still take effect when ``run`` starts.) ``--shard i/n`` evaluates every
 n-th row only (for several processes or machines), writing ``results.shard-i-of-n.csv``.
 """
 
@@ -30,7 +31,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from rtchunk import delays as delays_lib
-from rtchunk.kinetix.levels import PAPER_LEVELS
+from rtchunk.kinetix.paper import PAPER_LEVELS
 from rtchunk.model import ModelConfig
 
 RUN_FILE = "run.json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import jax
@@ -53,7 +54,10 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".mp4")
     os.close(fd)
     try:
-        imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1, format="FFMPEG")
+        with warnings.catch_warnings():
+            # imageio starts ffmpeg with fork+exec, which is safe; JAX warns about any fork.
+            warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+            imageio.mimwrite(tmp, list(frames), fps=fps, macro_block_size=1, format="FFMPEG")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
