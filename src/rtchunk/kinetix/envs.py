@@ -1,0 +1,246 @@
+"""The papers' Kinetix environment stack as pure, jittable functions over explicit state.
+
+One environment object serves many levels: a level is an argument (``LevelArrays``), never part of
+the compiled function, so ``jax.jit(env.step)`` compiles once for every level of the same layout.
+Auto-reset replays the same level. The stack, innermost first (as in the papers' code):
+
+* Gaussian action noise (std 0.1) added to the commanded action; Kinetix then clips it (motors to
+  [-1, 1], thrusters to [0, 1]). Used in training, data generation and evaluation alike.
+* Observation history: the last ``obs_history`` symbolic observations, flattened (experts: 4; after a
+  reset the history is the first observation repeated).
+* The previous commanded action appended (experts; zeros after a reset).
+* Dense distance shaping for expert training: each step costs distance / 6 / max_timesteps unless the
+  step is rewarded, and an episode that ends early pays the remaining steps' cost at once.
+* Episode statistics: return, length and solved at the end of each episode (in ``info``).
+
+With ``shrink=True`` the physics runs on levels compacted to their used slots (``rtchunk.kinetix.shrink``)
+and the observation is computed on the state scattered back into the full layout, so it is exactly the
+full level's observation: policies do not know (or care) whether the physics was shrunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+from kinetix.environment.env_state import EnvParams, StaticEnvParams
+from kinetix.environment.env_state import EnvState as PhysicsState
+
+from rtchunk.kinetix.levels import Level
+from rtchunk.kinetix.shrink import SlotCounts, SlotMap, common_counts, expand_state, shrink_level, shrunk_static_params
+
+ACTION_NOISE_STD = 0.1
+EPISODE_STEPS = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Which wrappers the stack applies. Defaults: the flow policy's environment (training data and eval)."""
+
+    action_noise_std: float = ACTION_NOISE_STD
+    obs_history: int = 1
+    """Observations stacked into one (the papers' experts: 4)."""
+    prev_action: bool = False
+    """Append the previous commanded action to the observation (the papers' experts)."""
+    dense_reward: bool = False
+    """The papers' distance-shaped reward for expert training."""
+    max_timesteps: int = EPISODE_STEPS
+    shrink: bool = False
+    """Simulate levels compacted to the slots they use (faster; see rtchunk.kinetix.shrink)."""
+
+    def __post_init__(self):
+        if not self.action_noise_std >= 0:
+            raise ValueError(f"action_noise_std must be >= 0, got {self.action_noise_std}")
+        if not isinstance(self.obs_history, int) or self.obs_history < 1:
+            raise ValueError(f"obs_history must be an integer >= 1, got {self.obs_history!r}")
+        if not isinstance(self.max_timesteps, int) or self.max_timesteps < 1:
+            raise ValueError(f"max_timesteps must be an integer >= 1, got {self.max_timesteps!r}")
+
+
+POLICY_ENV = EnvConfig()
+"""The environment the flow policies are trained (from data) and evaluated in."""
+EXPERT_ENV = EnvConfig(obs_history=4, prev_action=True, dense_reward=True)
+"""The environment the PPO experts are trained in."""
+
+
+@struct.dataclass
+class LevelArrays:
+    """A level as the environment takes it: the initial physics state, and the slot map when shrunk."""
+
+    state: PhysicsState
+    slots: SlotMap | None = None
+
+
+@struct.dataclass
+class EnvState:
+    physics: PhysicsState
+    history: jax.Array  # [obs_history, base_obs_dim], newest last
+    prev_action: jax.Array  # [action_dim]
+    steps: jax.Array  # steps into the current episode (int32)
+    episode_return: jax.Array  # float32
+
+
+class KinetixEnv:
+    """reset/step of one environment; vmap them (or use the ``*_batch`` helpers) for many."""
+
+    def __init__(
+        self,
+        config: EnvConfig,
+        static_env_params: StaticEnvParams,
+        env_params: EnvParams,
+        full_static_env_params: StaticEnvParams | None = None,
+    ):
+        from kinetix.environment.env import make_kinetix_env
+        from kinetix.environment.spaces import ActionType, ObservationType
+        from kinetix.environment.utils import create_empty_env
+        from kinetix.render.renderer_symbolic_flat import make_render_symbolic
+
+        self.config = config
+        self.static_env_params = static_env_params
+        self.full_static_env_params = full_static_env_params or static_env_params
+        self.env_params = env_params.replace(max_timesteps=config.max_timesteps)
+        self.shrunk = self.full_static_env_params != static_env_params
+        self._physics = make_kinetix_env(
+            ActionType.CONTINUOUS, ObservationType.SYMBOLIC_FLAT, None, self.env_params, static_env_params,
+            auto_reset=False,
+        )
+        self._render = make_render_symbolic(self.env_params, self.full_static_env_params)
+        self.num_motors = static_env_params.num_motor_bindings
+        """Action dimensions [0, num_motors) drive motors (in [-1, 1]); the rest fire thrusters (in [0, 1])."""
+        self.action_dim = static_env_params.num_motor_bindings + static_env_params.num_thruster_bindings
+        empty = jax.eval_shape(lambda: create_empty_env(self.full_static_env_params))
+        self.base_obs_dim = int(jax.eval_shape(self._render, empty).shape[-1])
+        """Size of one symbolic observation (before history and previous action)."""
+
+    @property
+    def obs_dim(self) -> int:
+        return self.base_obs_dim * self.config.obs_history + (self.action_dim if self.config.prev_action else 0)
+
+    def _key(self):
+        return (self.config, self.static_env_params, self.full_static_env_params, self.env_params)
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __eq__(self, other):
+        return isinstance(other, KinetixEnv) and self._key() == other._key()
+
+    def __repr__(self):
+        return f"KinetixEnv({self.config}, shrunk={self.shrunk}, obs_dim={self.obs_dim}, action_dim={self.action_dim})"
+
+    # -- observations ------------------------------------------------------------------------------
+    def full_layout(self, physics: PhysicsState, level: LevelArrays) -> PhysicsState:
+        """The physics state in the full (padded) layout: itself, or scattered back when shrunk."""
+        if not self.shrunk:
+            return physics
+        return expand_state(physics, level.slots, self.full_static_env_params)
+
+    def _base_obs(self, physics: PhysicsState, level: LevelArrays) -> jax.Array:
+        return self._render(self.full_layout(physics, level))
+
+    def _obs(self, history: jax.Array, prev_action: jax.Array) -> jax.Array:
+        parts = [history.reshape(-1)]
+        if self.config.prev_action:
+            parts.append(prev_action)
+        return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    # -- reset / step ------------------------------------------------------------------------------
+    def reset(self, rng: jax.Array, level: LevelArrays) -> tuple[jax.Array, EnvState]:
+        """(obs [obs_dim], state) at the start of the level. ``rng`` is unused (levels are deterministic)."""
+        del rng
+        physics = jax.tree.map(jnp.asarray, level.state)
+        base = self._base_obs(physics, level)
+        state = EnvState(
+            physics=physics,
+            history=jnp.repeat(base[None], self.config.obs_history, axis=0),
+            prev_action=jnp.zeros(self.action_dim, jnp.float32),
+            steps=jnp.int32(0),
+            episode_return=jnp.float32(0.0),
+        )
+        return self._obs(state.history, state.prev_action), state
+
+    def step(
+        self, rng: jax.Array, state: EnvState, action: jax.Array, level: LevelArrays
+    ) -> tuple[jax.Array, EnvState, jax.Array, jax.Array, dict]:
+        """(obs, state, reward, done, info); when done, obs and state are already those of the replayed level.
+
+        ``info`` holds Kinetix's ``GoalR`` and ``distance``, ``env_reward`` (Kinetix's reward before the
+        dense shaping), ``returned_episode`` (= done),
+        ``returned_episode_returns``, ``returned_episode_lengths`` and ``returned_episode_solved``, which
+        are meaningful where ``returned_episode`` is true.
+        """
+        action = jnp.asarray(action, jnp.float32)
+        noise_key, step_key = jax.random.split(rng)
+        noisy = action + self.config.action_noise_std * jax.random.normal(noise_key, action.shape)
+        _, physics, reward, done, info = self._physics.step_env(step_key, state.physics, noisy, self.env_params)
+        reward = jnp.asarray(reward, jnp.float32)
+        env_reward = reward
+        if self.config.dense_reward:
+            max_t = self.env_params.max_timesteps
+            penalty = jnp.where(reward > 0, 0.0, info["distance"] / 6.0 / max_t)
+            reward = reward - jnp.where(done, (max_t - state.steps) * penalty, penalty)
+
+        episode_return = state.episode_return + reward
+        length = state.steps + 1
+        info = dict(info)
+        info["env_reward"] = env_reward
+        info["returned_episode"] = done
+        info["returned_episode_returns"] = episode_return
+        info["returned_episode_lengths"] = length
+        info["returned_episode_solved"] = done & info["GoalR"]
+
+        stepped_base = self._base_obs(physics, level)
+        history = jnp.concatenate([state.history[1:], stepped_base[None]], axis=0)
+        _, fresh = self.reset(rng, level)
+        stepped = EnvState(physics, history, action, length, episode_return)
+        state = jax.tree.map(lambda a, b: jnp.where(done, a, b), fresh, stepped)
+        return self._obs(state.history, state.prev_action), state, reward, done, info
+
+    # -- batches -----------------------------------------------------------------------------------
+    def reset_batch(self, rng: jax.Array, level: LevelArrays, num_envs: int) -> tuple[jax.Array, EnvState]:
+        """``num_envs`` copies of the level: (obs [N, obs_dim], state with leading axis N)."""
+        return jax.vmap(self.reset, in_axes=(0, None))(jax.random.split(rng, num_envs), level)
+
+    def step_batch(self, rng: jax.Array, state: EnvState, action: jax.Array, level: LevelArrays):
+        """Step N environments of one level (one key split N ways); action is [N, action_dim]."""
+        keys = jax.random.split(rng, action.shape[0])
+        return jax.vmap(self.step, in_axes=(0, 0, 0, None))(keys, state, action, level)
+
+
+def make_env(levels: Sequence[Level], config: EnvConfig = POLICY_ENV) -> tuple[KinetixEnv, list[LevelArrays]]:
+    """One environment for all ``levels`` (they must share parameters) and each level's arrays.
+
+    With ``config.shrink`` every level is compacted to the slots the largest of them needs, so the
+    arrays keep one layout and one compiled function serves them all.
+    """
+    if not levels:
+        raise ValueError("levels must hold at least one level")
+    first = levels[0]
+    for lvl in levels[1:]:
+        if lvl.static_env_params != first.static_env_params:
+            raise ValueError(f"levels {first.name} and {lvl.name} have different static parameters (padding)")
+        if lvl.env_params != first.env_params:
+            raise ValueError(f"levels {first.name} and {lvl.name} have different environment parameters")
+    if not config.shrink:
+        env = KinetixEnv(config, first.static_env_params, first.env_params)
+        return env, [LevelArrays(lvl.state) for lvl in levels]
+    counts = common_counts(levels)
+    arrays = []
+    for lvl in levels:
+        state, _, slots = shrink_level(lvl, counts)
+        arrays.append(LevelArrays(state, slots))
+    small = shrunk_static_params(first.static_env_params, counts)
+    return KinetixEnv(config, small, first.env_params, first.static_env_params), arrays
+
+
+def slot_counts(env: KinetixEnv) -> SlotCounts:
+    p = env.static_env_params
+    return SlotCounts(p.num_polygons, p.num_circles, p.num_joints, p.num_thrusters)
+
+
+def stack_levels(arrays: Sequence[LevelArrays]) -> LevelArrays:
+    """Levels stacked along a new leading axis, for vmapping one function over levels."""
+    return jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *arrays)
