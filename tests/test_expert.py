@@ -50,6 +50,14 @@ def test_checkpoints_stats_and_exact_resume(tmp_path):
         _train(tmp_path / "resumed", dataclasses.replace(SETTINGS, num_seeds=3))
 
 
+def test_training_episode_statistics_without_evaluation(tmp_path):
+    out = _train(tmp_path / "train_stats", dataclasses.replace(SETTINGS, num_eval_envs=0))
+    rows = checkpoints.load_meta(out / "checkpoints" / "update_000006")["stats"]
+    for row in rows:
+        # Three updates of 16 envs x 16 steps with 16-step episodes: every env finishes 3 episodes.
+        assert row["episodes"] == 3 * 16 and 0.0 <= row["solve_rate"] <= 1.0 and row["length"] == 16.0
+
+
 def test_select_experts_applies_the_threshold(tmp_path):
     out = _train(tmp_path / "run")
     everything = expert.select_experts(out, threshold=0.0)

@@ -134,6 +134,19 @@ def test_checkpoints_and_trained_prefix_limits(tmp_path):
         sweep.load_policies(dataclasses.replace(CONFIG, policy_dir=tmp_path), ["h17_unicycle"], 679, 6)
 
 
+def test_train_policy_runs_and_shortest_horizon_grid(tmp_path):
+    """A `train-policy` output (<dir>/<level>/epoch_XXX) is read at its last epoch; the headline grid has
+    s = max(d, 1) only."""
+    policy = FlowPolicy(679, 6, TINY_MODEL, rngs=nnx.Rngs(0))
+    for epoch in (0, 3, 12):
+        checkpoints.save_policy(tmp_path / "bc" / "h17_unicycle" / f"epoch_{epoch:03d}", policy, {"epoch": epoch})
+    (loaded,) = sweep.load_policies(dataclasses.replace(CONFIG, policy_dir=tmp_path / "bc"), ["h17_unicycle"], 679, 6)
+    assert loaded.source.endswith("epoch_012") and loaded.meta["epoch"] == 12
+    points = sweep.grid(dataclasses.replace(CONFIG, delays=(0, 1, 2, 3), profiles=("fixed",),
+                                            shortest_horizon_only=True), H)
+    assert [(p.d, p.s) for p in points] == [(0, 1), (1, 1), (2, 2), (3, 3)]
+
+
 def test_profile_specs():
     from rtchunk import delays
 

@@ -25,9 +25,9 @@ def test_default_config_is_the_papers():
 def test_scalar_per_sample_and_per_token_time_agree(policy):
     obs, x, _ = random_inputs(B, H, A, O)
     full = policy(obs, x, jnp.full((B, H), 0.3))
-    np.testing.assert_allclose(policy(obs, x, jnp.float32(0.3)), full, atol=1e-6)
-    np.testing.assert_allclose(policy(obs, x, jnp.full((B,), 0.3)), full, atol=1e-6)
-    np.testing.assert_allclose(policy(obs, x, jnp.full((1, H), 0.3)), full, atol=1e-6)
+    np.testing.assert_allclose(policy(obs, x, jnp.float32(0.3)), full, atol=1e-5)
+    np.testing.assert_allclose(policy(obs, x, jnp.full((B,), 0.3)), full, atol=1e-5)
+    np.testing.assert_allclose(policy(obs, x, jnp.full((1, H), 0.3)), full, atol=1e-5)
 
 
 def test_time_table_equals_dense_time(policy):

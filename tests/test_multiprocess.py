@@ -27,7 +27,7 @@ def test_two_processes_split_the_levels(tmp_path):
     common = [sys.executable, "-m", "rtchunk.cli", "train-policy", "--data-dir", str(data), "--out-dir", str(out),
               "--model.channel-dim", "16", "--model.channel-hidden-dim", "16", "--model.token-hidden-dim", "8",
               "--model.num-layers", "1", "--model.horizon", "4", "--batch-size", "16", "--num-epochs", "1",
-              "--max-steps-per-epoch", "3", "--warmup-steps", "1", "--no-progress",
+              "--max-steps-per-epoch", "3", "--warmup-steps", "1", "--no-progress", "--quick-eval-envs", "0",
               "--distributed.coordinator", f"127.0.0.1:{port}", "--distributed.num-processes", "2"]
     procs = [subprocess.Popen(common + ["--distributed.process-id", str(i)], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for i in range(2)]

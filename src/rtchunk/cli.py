@@ -17,6 +17,7 @@ import typing
 
 # name -> (module:function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("rtchunk.demo:main", "the whole pipeline on one level, sized for a laptop CPU (about 15 min)"),
     "sample-demo": ("rtchunk.sample_demo:main", "sample chunks with every method from a random policy (no training)"),
     "levels": ("rtchunk.kinetix.levels_cli:main", "list, describe and shrink Kinetix levels"),
     "eval": ("rtchunk.kinetix.sweep:main", "simulated-delay sweep: levels x methods x delays x execute horizons -> CSV"),
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # name -> module:ATTRIBUTE holding {preset name: config instance}
 PRESETS: dict[str, str] = {
+    "demo": "rtchunk.demo:PRESETS",
     "train-expert": "rtchunk.kinetix.expert:PRESETS",
     "generate-data": "rtchunk.kinetix.generate:PRESETS",
     "train-policy": "rtchunk.kinetix.bc:PRESETS",

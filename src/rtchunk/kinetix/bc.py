@@ -202,10 +202,11 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
             policy = FlowPolicy(obs_dim, action_dim, model_config, rngs=nnx.Rngs(config.seed * 1000 + i))
         graphdef, params = nnx.split(policy, nnx.Param)
         params_list.append(params)
-    params = jax.tree.map(lambda *x: jnp.stack(x), *params_list)
+    # Host-side stacking and one jitted init: eager per-leaf ops would each compile a small program.
+    params = jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *params_list)
 
     optimizer = make_optimizer(config)
-    opt_state = jax.vmap(optimizer.init)(params)
+    opt_state = jax.jit(jax.vmap(optimizer.init))(params)
     start_epoch = 0
     state_dir = out / _process_file(TRAIN_STATE)
     resume_key = _resume_key(config, names)
@@ -250,12 +251,16 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
         "data_dir": str(config.data_dir),
         "bc_config": config,
     }
-    for epoch in range(start_epoch, config.num_epochs):
-        started = time.perf_counter()
+    @jax.jit
+    def epoch_keys(epoch):
         keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(config.seed), epoch * 7919 + i))(
             jnp.arange(len(names))
         )
-        perms = jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, 1), num_samples))(keys)
+        return keys, jax.vmap(lambda k: jax.random.permutation(jax.random.fold_in(k, 1), num_samples))(keys)
+
+    for epoch in range(start_epoch, config.num_epochs):
+        started = time.perf_counter()
+        keys, perms = epoch_keys(jnp.int32(epoch))
         done_steps, losses = 0, []
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.num_epochs}", disable=not config.progress,
                    unit="step", leave=False)
@@ -308,6 +313,8 @@ def _append_rows(path: Path, rows: list[dict]) -> None:
 class TrainPolicyConfig:
     bc: Annotated[BCConfig, tyro.conf.arg(name="")] = BCConfig(data_dir=Path("runs/experts/data"),
                                                                out_dir=Path("runs/bc"))
+    quick_eval_envs: int = 128
+    """Environments for the per-epoch quick evaluation (naive sampling, d=0, s=H/2); 0 turns it off."""
     distributed: parallel.DistributedConfig = parallel.DistributedConfig()
 
 
@@ -321,8 +328,40 @@ PRESETS = {
 }
 
 
+def quick_evaluator(num_envs: int, seed: int = 0):
+    """``evaluate(level, policy, data_meta) -> {"solve_rate", ...}``: the flow policy in the environment its
+    data came from, naive sampling at d = 0 and s = H/2 (a training-progress signal, not a benchmark)."""
+    from rtchunk.delays import FixedDelay
+    from rtchunk.kinetix import envs as envs_lib
+    from rtchunk.kinetix import evaluate as harness
+    from rtchunk.kinetix import levels as levels_lib
+    from rtchunk.sampling import Naive
+
+    cache = {}
+
+    def evaluate(name: str, policy: FlowPolicy, meta: dict) -> dict:
+        if name not in cache:
+            level = levels_lib.load_level(meta["level_source"])
+            env_config = envs_lib.EnvConfig(**meta["env"]) if "env" in meta else envs_lib.POLICY_ENV
+            cache[name] = envs_lib.make_env([level], env_config)
+        env, (arrays,) = cache[name]
+        graphdef, params = nnx.split(policy)
+        horizon = policy.config.horizon
+        result = harness.evaluate(
+            env, arrays, harness.policy_chunk_fn(graphdef, Naive()), params, execute_horizon=max(1, horizon // 2),
+            profile=FixedDelay(0), rng=jax.random.key(seed),
+            config=harness.HarnessConfig(num_envs=num_envs, horizon=horizon),
+        )
+        m = result.metrics
+        return {"solve_rate": m["solve_rate"], "solve_rate_low": m["solve_rate_low"],
+                "solve_rate_high": m["solve_rate_high"], "return_mean": m["return_mean"]}
+
+    return evaluate
+
+
 def main(config: TrainPolicyConfig) -> int:
     parallel.initialize(config.distributed)
-    out = train_policy(config.bc)
+    evaluate = quick_evaluator(config.quick_eval_envs, config.bc.seed) if config.quick_eval_envs > 0 else None
+    out = train_policy(config.bc, evaluate)
     print(f"flow policies: {out}/<level>/epoch_XXX (stats in {out / _process_file('stats.csv')})")
     return 0

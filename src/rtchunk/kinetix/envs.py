@@ -25,6 +25,7 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from kinetix.environment.env_state import EnvParams, StaticEnvParams
 from kinetix.environment.env_state import EnvState as PhysicsState
@@ -243,4 +244,5 @@ def slot_counts(env: KinetixEnv) -> SlotCounts:
 
 def stack_levels(arrays: Sequence[LevelArrays]) -> LevelArrays:
     """Levels stacked along a new leading axis, for vmapping one function over levels."""
-    return jax.tree.map(lambda *x: jnp.stack([jnp.asarray(v) for v in x]), *arrays)
+    # numpy on the host: stacking leaf by leaf with jnp would compile a tiny program per leaf shape.
+    return jax.tree.map(lambda *x: np.stack([np.asarray(v) for v in x]), *arrays)

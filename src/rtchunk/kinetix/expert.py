@@ -50,13 +50,17 @@ class TrainerSettings:
     updates_per_call: int = 5
     """Updates per compiled call (between progress-bar refreshes)."""
     num_eval_envs: int = 64
+    """Environments for each checkpoint's evaluation of the deterministic policy; 0 = use the statistics of
+    the training episodes since the last checkpoint instead (stochastic policy; no extra compile)."""
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self):
-        for name in ("num_seeds", "checkpoint_every", "updates_per_call", "num_eval_envs"):
+        for name in ("num_seeds", "checkpoint_every", "updates_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_eval_envs < 0:
+            raise ValueError(f"num_eval_envs must be >= 0, got {self.num_eval_envs}")
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:
@@ -66,8 +70,8 @@ def checkpoint_dirs(out: Path) -> list[Path]:
 
 
 def _stack_for_learners(levels, num_seeds: int):
-    """Level arrays [L, ...] -> [L * S, ...], seed-minor."""
-    return jax.tree.map(lambda x: jnp.repeat(jnp.asarray(x), num_seeds, axis=0), levels)
+    """Level arrays [L, ...] -> [L * S, ...], seed-minor (numpy: no per-leaf compiles)."""
+    return jax.tree.map(lambda x: np.repeat(np.asarray(x), num_seeds, axis=0), levels)
 
 
 def train_experts(
@@ -105,12 +109,15 @@ def train_experts(
     learner_levels = jax.device_put(_stack_for_learners(levels, num_seeds), placement)
     keys = jax.random.split(jax.random.key(settings.seed), num_learners)
     init = jax.jit(jax.vmap(lambda k, lv: ppo.init_runner(k, env, lv, cfg)))
-    runner = jax.device_put(init(keys, learner_levels), placement)
     start = 0
     if (out / RUNNER / checkpoints.META).is_file():
-        runner, meta = checkpoints.load(out / RUNNER, jax.device_get(runner))
+        # The structure alone (no compile) is enough to check and load the saved state against.
+        like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(init, keys, learner_levels))
+        runner, meta = checkpoints.load(out / RUNNER, like)
         runner = jax.device_put(runner, placement)
         start = int(meta["update"])
+    else:
+        runner = jax.device_put(init(keys, learner_levels), placement)
 
     update = jax.vmap(ppo.make_update(env, cfg, num_motors))
 
@@ -129,10 +136,31 @@ def train_experts(
         return jax.vmap(lambda p, lv, k: ppo.evaluate_expert(env, p, lv, k, settings.num_eval_envs, num_motors,
                                                              episode_steps))(params, learner_levels, keys)
 
+    # Training-episode statistics since the last checkpoint (used when num_eval_envs == 0).
+    train_sums = np.zeros((4, num_learners))  # episodes, solved, return, length
+
+    def learner_stats(update_index: int) -> dict[str, np.ndarray]:
+        if settings.num_eval_envs > 0:
+            stats = jax.device_get(evaluate(runner.params, learner_levels, jax.random.key(settings.seed + update_index)))
+            finished = np.asarray(stats["finished"], bool)
+            with np.errstate(invalid="ignore"):
+                return {
+                    "solve_rate": np.asarray(stats["solved"]).mean(axis=1),
+                    "return": np.where(finished, stats["return"], 0).sum(1) / finished.sum(1),
+                    "length": np.where(finished, stats["length"], 0).sum(1) / finished.sum(1),
+                    "episodes": finished.sum(1),
+                }
+        episodes, solved, ret, length = train_sums
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = {"solve_rate": np.where(episodes > 0, solved / episodes, 0.0), "return": ret / episodes,
+                   "length": length / episodes, "episodes": episodes.copy()}
+        train_sums[:] = 0
+        return out
+
     def save(update_index: int, with_checkpoint: bool):
         host = jax.device_get(runner)
         if with_checkpoint:
-            stats = jax.device_get(evaluate(runner.params, learner_levels, jax.random.key(settings.seed + update_index)))
+            stats = learner_stats(update_index)
             rows = _stat_rows(stats, names, num_seeds, update_index, update_index * cfg.steps_per_update)
             params = jax.tree.map(lambda x: x.reshape(num_levels, num_seeds, *x.shape[1:]), host.params)
             checkpoints.save(out / CHECKPOINTS / f"update_{update_index:06d}", params,
@@ -156,7 +184,11 @@ def train_experts(
             mask = jnp.arange(settings.updates_per_call) < n
             started = time.perf_counter()
             runner, metrics = many_updates(runner, learner_levels, mask)
-            solve = float(np.asarray(metrics["solve_rate"])[:n].mean())
+            m = {k: np.asarray(metrics[k])[:n] for k in ("episodes", "solve_rate", "episode_return", "episode_length")}
+            train_sums += np.stack([m["episodes"].sum(0), (m["solve_rate"] * m["episodes"]).sum(0),
+                                    (m["episode_return"] * m["episodes"]).sum(0),
+                                    (m["episode_length"] * m["episodes"]).sum(0)])
+            solve = float(m["solve_rate"].mean())
             done += n
             bar.update(n)
             bar.set_postfix(train_solve=f"{solve:.2f}",
@@ -174,21 +206,14 @@ def train_experts(
     return out
 
 
-def _stat_rows(stats, names, num_seeds, update_index, env_steps):
+def _stat_rows(stats: dict[str, np.ndarray], names, num_seeds, update_index, env_steps):
+    """One row per learner from per-learner arrays (learners level-major, seed-minor)."""
     rows = []
     for i, name in enumerate(names):
         for s in range(num_seeds):
             j = i * num_seeds + s
-            finished = np.asarray(stats["finished"][j])
-            rows.append({
-                "update": update_index,
-                "env_steps": env_steps,
-                "level": name,
-                "seed": s,
-                "solve_rate": float(np.asarray(stats["solved"][j]).mean()),
-                "return": float(np.asarray(stats["return"][j])[finished].mean()) if finished.any() else float("nan"),
-                "length": float(np.asarray(stats["length"][j])[finished].mean()) if finished.any() else float("nan"),
-            })
+            rows.append({"update": update_index, "env_steps": env_steps, "level": name, "seed": s,
+                         **{k: float(stats[k][j]) for k in ("solve_rate", "return", "length", "episodes")}})
     return rows
 
 
@@ -252,6 +277,8 @@ class ExpertConfig:
     """Where your copies of the level files live (looked up before the ones in kinetix-env)."""
     shrink: bool = False
     """Simulate each level compacted to the slots it uses (faster; see `rtchunk levels shrink`)."""
+    max_timesteps: int = 256
+    """Episode length (the papers: 256)."""
     trainer: Annotated[TrainerSettings, tyro.conf.arg(name="")] = TrainerSettings()
     distributed: parallel.DistributedConfig = parallel.DistributedConfig()
 
@@ -290,7 +317,7 @@ def main(config: ExpertConfig) -> int:
         print(f"process {jax.process_index()} has no level to train ({len(all_levels)} levels, "
               f"{jax.process_count()} processes)")
         return 0
-    env_config = dataclasses.replace(envs_lib.EXPERT_ENV, shrink=config.shrink)
+    env_config = dataclasses.replace(envs_lib.EXPERT_ENV, shrink=config.shrink, max_timesteps=config.max_timesteps)
     env, arrays = envs_lib.make_env(mine, env_config)
     out = Path(config.out_dir) / parallel.process_subdir()
     num_motors = mine[0].static_env_params.num_motor_bindings

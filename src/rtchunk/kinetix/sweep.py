@@ -65,6 +65,8 @@ class EvalConfig:
     """Fixed delays d for the 'fixed' profile."""
     execute_horizons: tuple[int, ...] = ()
     """Execute horizons s; empty = the papers' grid s = max(d, 1) .. H - d."""
+    shortest_horizon_only: bool = False
+    """With an empty --execute-horizons, evaluate only s = max(d, 1) for each d (the papers' headline plot)."""
     profiles: tuple[str, ...] = ("fixed",)
     """'fixed' (uses --delays), or a stochastic profile spec (see rtchunk.kinetix.sweep.parse_profile)."""
     estimator_window: int = 10
@@ -77,6 +79,9 @@ class EvalConfig:
     """Checkpoint (or directory of per-level checkpoints); empty = a randomly initialised policy."""
     weak_policy_dir: Path | None = None
     """BID's weak policy (optional; same layout as --policy-dir)."""
+    trained_prefix_policy_dir: Path | None = None
+    """Policy for the trained_prefix rows: a model fine-tuned with training-time RTC (same layout as
+    --policy-dir; default: --policy-dir itself)."""
     model: ModelConfig = ModelConfig()
     """Model sizes for the randomly initialised policy (ignored with --policy-dir)."""
     bid_samples: int = 32
@@ -188,11 +193,15 @@ def grid(config: EvalConfig, horizon: int) -> list[GridPoint]:
                 if d < 0:
                     raise ValueError(f"delays must be >= 0, got {d}")
                 horizons = config.execute_horizons or range(max(d, 1), horizon - d + 1)
+                if config.shortest_horizon_only and not config.execute_horizons:
+                    horizons = [max(d, 1)]
                 points += [GridPoint("fixed", d, s, delays_lib.FixedDelay(d)) for s in horizons]
         else:
             profile = parse_profile(name)
             median = delays_lib.quantile(profile, 0.5)
             horizons = config.execute_horizons or range(max(median, 1), horizon - median + 1)
+            if config.shortest_horizon_only and not config.execute_horizons:
+                horizons = [max(median, 1)]
             points += [GridPoint(name, None, s, profile) for s in horizons]
     return points
 
@@ -238,25 +247,32 @@ def _checkpoint_for(directory: Path, level: str) -> Path:
     per_level = directory / level
     if (per_level / META).is_file():
         return per_level
+    # A `rtchunk train-policy` run: <dir>/<level>/epoch_XXX, of which the last is taken.
+    epochs = sorted(p for p in per_level.glob("epoch_*") if (p / META).is_file())
+    if epochs:
+        return epochs[-1]
     if (directory / META).is_file():
         return directory
-    raise ValueError(f"no policy checkpoint for level {level!r}: neither {per_level} nor {directory} holds one")
+    raise ValueError(f"no policy checkpoint for level {level!r}: neither {per_level} (or its epoch_*) nor "
+                     f"{directory} holds one")
 
 
-def load_policies(config: EvalConfig, level_names: list[str], obs_dim: int, action_dim: int) -> list[LevelPolicy]:
+def load_policies(config: EvalConfig, level_names: list[str], obs_dim: int, action_dim: int,
+                  policy_dir: Path | None = None) -> list[LevelPolicy]:
     """One policy per level: from checkpoints, or randomly initialised (the same weights for every level)."""
     import flax.nnx as nnx
 
     from rtchunk.checkpoints import load_policy
     from rtchunk.model import FlowPolicy
 
+    policy_dir = config.policy_dir if policy_dir is None else policy_dir
     out = []
     for name in level_names:
-        if config.policy_dir is None:
+        if policy_dir is None:
             policy = FlowPolicy(obs_dim, action_dim, config.model, rngs=nnx.Rngs(config.seed))
             meta, source = {}, "random-init"
         else:
-            path = _checkpoint_for(Path(config.policy_dir), name)
+            path = _checkpoint_for(Path(policy_dir), name)
             policy, meta = load_policy(path)
             source = str(path)
         if (policy.obs_dim, policy.action_dim) != (obs_dim, action_dim):
@@ -373,7 +389,8 @@ def _fingerprint(config: EvalConfig, horizon: int) -> dict:
     """The settings a resumed sweep must share with the rows already written."""
     from rtchunk.checkpoints import to_jsonable
 
-    keys = ("num_envs", "num_flow_steps", "policy_dir", "weak_policy_dir", "bid_samples", "bid_top_k",
+    keys = ("num_envs", "num_flow_steps", "policy_dir", "weak_policy_dir", "trained_prefix_policy_dir",
+            "bid_samples", "bid_top_k",
             "max_guidance_weight", "ensemble_decay", "shrink", "max_timesteps", "seed", "estimator_window",
             "initial_estimate", "level_dir")
     out = {k: to_jsonable(getattr(config, k)) for k in keys}
@@ -455,8 +472,15 @@ def run(config: EvalConfig) -> Path:
     policies = load_policies(config, names, env.obs_dim, env.action_dim)
     horizon = _horizon(policies[0])
     points = grid(config, horizon)
+    prefix_policies = policies
+    if config.trained_prefix_policy_dir is not None:
+        if "trained_prefix" not in config.methods:
+            print("note: --trained-prefix-policy-dir is only used by trained_prefix", file=sys.stderr)
+        prefix_policies = load_policies(config, names, env.obs_dim, env.action_dim, config.trained_prefix_policy_dir)
+        if _horizon(prefix_policies[0]) != horizon:
+            raise ValueError("the trained_prefix policies must have the same chunk horizon as --policy-dir's")
     if "trained_prefix" in config.methods:
-        for name, policy in zip(names, policies):
+        for name, policy in zip(names, prefix_policies):
             check_trained_prefix(policy, name, points, horizon, config.initial_estimate)
     if "bid" not in config.methods and config.weak_policy_dir is not None:
         print("note: --weak-policy-dir is only used by bid", file=sys.stderr)
@@ -488,7 +512,7 @@ def run(config: EvalConfig) -> Path:
     try:
         for row_key, method, point, li in remaining:
             sampler, execution = methods[method]
-            policy = policies[li]
+            policy = (prefix_policies if method == "trained_prefix" else policies)[li]
             weak = policy.weak_params is not None and method == "bid"
             chunk_fn = evaluate.policy_chunk_fn(policy.graphdef, sampler, config.num_flow_steps, weak_policy=weak)
             harness = evaluate.HarnessConfig(

@@ -1,0 +1,234 @@
+"""``rtchunk demo``: the papers' whole pipeline on one Kinetix level, sized for a 2-core laptop CPU.
+
+PPO experts -> expert data -> a flow policy by behaviour cloning -> a training-time-RTC fine-tune ->
+a simulated-delay evaluation of naive, RTC, hard masking, training-time RTC and BID at d = 0..3 with
+s = max(d, 1) -> results CSV, plots, a markdown table and a short video. Every stage is one of the
+project's commands with smaller settings and writes under ``--out-dir``; every stage resumes, so
+running the demo again after an interruption continues where it stopped (and a finished demo only
+re-prints its summary).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+from rtchunk.model import ModelConfig
+
+DEMO_MODEL = ModelConfig(channel_dim=128, channel_hidden_dim=256, token_hidden_dim=32, num_layers=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    out_dir: Path = Path("runs/demo")
+    level: str = "h17_unicycle"
+    """A level name shipped with kinetix-env, or a path (see `rtchunk levels list`)."""
+    level_dir: Path | None = None
+    shrink: bool = True
+    """Simulate the level compacted to its used slots (h17_unicycle: identical outcomes, ~4x faster)."""
+    max_timesteps: int = 256
+    expert_seeds: int = 2
+    expert_envs: int = 256
+    expert_steps: int = 1_000_000
+    """PPO environment steps per seed."""
+    expert_eval_envs: int = 64
+    """Environments per checkpoint evaluation of the experts (0: statistics of the training episodes)."""
+    expert_threshold: float = 0.65
+    """Experts below this solve rate are left out of the data (the papers: 0.65)."""
+    data_steps: int = 100_000
+    data_envs: int = 256
+    model: ModelConfig = DEMO_MODEL
+    bc_steps: int = 3000
+    bc_batch: int = 256
+    finetune_steps: int = 1000
+    simulated_delay: int = 5
+    """Training-time RTC fine-tune: delays 0..simulated_delay-1 (the papers: 5)."""
+    methods: tuple[str, ...] = ("naive", "rtc", "hard_mask", "trained_prefix", "bid")
+    delays: tuple[int, ...] = (0, 1, 2, 3)
+    eval_envs: int = 256
+    bid_samples: int = 16
+    video_envs: int = 4
+    video_methods: tuple[str, ...] = ("naive", "rtc")
+    """Methods shown in a video each, at the largest delay."""
+    seed: int = 0
+
+
+PRESETS = {
+    "cpu": DemoConfig(),
+    # Seconds-to-minutes: every stage at toy size (the end-to-end test). The numbers mean nothing.
+    "smoke": DemoConfig(
+        out_dir=Path("runs/demo-smoke"), max_timesteps=48, expert_seeds=1, expert_envs=16, expert_steps=16 * 48 * 2,
+        expert_eval_envs=0, expert_threshold=0.0, data_steps=16 * 48, data_envs=16,
+        model=ModelConfig(channel_dim=16, channel_hidden_dim=32, token_hidden_dim=8, num_layers=1),
+        bc_steps=8, bc_batch=16, finetune_steps=4, methods=("naive", "trained_prefix"), delays=(0, 2),
+        eval_envs=8, bid_samples=2, video_envs=2, video_methods=("naive",),
+    ),
+}
+
+
+def _epochs(steps: int, per_epoch: int = 500) -> tuple[int, int]:
+    """(epochs, steps per epoch) covering ``steps`` updates in epochs of at most ``per_epoch``."""
+    epochs = max(1, -(-steps // per_epoch))
+    return epochs, max(1, -(-steps // epochs))
+
+
+def _stage(title: str, timings: dict, name: str):
+    class Stage:
+        def __enter__(self):
+            print(f"\n=== {title} ===", flush=True)
+            self.start = time.perf_counter()
+
+        def __exit__(self, *exc):
+            timings[name] = round(time.perf_counter() - self.start, 1)
+            if exc[0] is None:
+                print(f"--- {title}: {timings[name]:.0f} s", flush=True)
+
+    return Stage()
+
+
+def run(config: DemoConfig) -> dict:
+    """Run (or resume) every stage; returns the paths of what was written."""
+    from rtchunk.kinetix import bc, expert, generate, ppo, report, sweep
+    from rtchunk.kinetix.bc import BCConfig, TrainPolicyConfig
+
+    out = Path(config.out_dir)
+    paths = {name: out / name for name in ("experts", "data", "policy", "policy_rtc", "eval")}
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    with _stage("1/6 PPO experts", timings, "experts"):
+        ppo_config = ppo.PPOConfig(num_envs=config.expert_envs, num_steps=min(64, config.max_timesteps),
+                                   num_minibatches=4, ent_coef=0.01, total_timesteps=config.expert_steps)
+        updates = ppo_config.num_updates
+        expert.main(expert.ExpertConfig(
+            out_dir=paths["experts"], levels=(config.level,), level_dir=config.level_dir, shrink=config.shrink,
+            max_timesteps=config.max_timesteps,
+            trainer=expert.TrainerSettings(num_seeds=config.expert_seeds, ppo=ppo_config,
+                                           checkpoint_every=max(1, updates // 4),
+                                           num_eval_envs=config.expert_eval_envs,
+                                           seed=config.seed),
+        ))
+
+    with _stage("2/6 expert data", timings, "data"):
+        selection = expert.select_experts(paths["experts"], config.expert_threshold)
+        threshold = config.expert_threshold
+        if not any(selection.values()):
+            best = max(s["solve_rate"] for s in expert.select_experts(paths["experts"], 0.0)[_level_name(config)])
+            print(f"WARNING: no expert reached solve rate {threshold:.2f} (best {best:.2f}); the demo uses the best "
+                  f"checkpoints anyway. Train longer (--expert-steps) for a meaningful benchmark.")
+            threshold = best
+        generate.main(generate.GenerateConfig(expert_dir=paths["experts"], out_dir=paths["data"],
+                                              steps_per_level=config.data_steps, num_envs=config.data_envs,
+                                              threshold=threshold, level_dir=config.level_dir, seed=config.seed))
+
+    with _stage("3/6 flow policy (behaviour cloning)", timings, "policy"):
+        epochs, per_epoch = _epochs(config.bc_steps)
+        bc.main(TrainPolicyConfig(bc=BCConfig(
+            data_dir=paths["data"], out_dir=paths["policy"], model=config.model, batch_size=config.bc_batch,
+            num_epochs=epochs, max_steps_per_epoch=per_epoch, warmup_steps=min(1000, config.bc_steps // 10),
+            seed=config.seed), quick_eval_envs=0))
+
+    with _stage("4/6 training-time RTC fine-tune", timings, "policy_rtc"):
+        epochs, per_epoch = _epochs(config.finetune_steps)
+        bc.main(TrainPolicyConfig(bc=BCConfig(
+            data_dir=paths["data"], out_dir=paths["policy_rtc"], model=config.model, batch_size=config.bc_batch,
+            num_epochs=epochs, max_steps_per_epoch=per_epoch, warmup_steps=0, simulated_delay=config.simulated_delay,
+            init_from=paths["policy"], seed=config.seed + 1), quick_eval_envs=0))
+
+    eval_config = sweep.EvalConfig(
+        levels=(config.level,), level_dir=config.level_dir, out=paths["eval"], methods=config.methods,
+        delays=config.delays, shortest_horizon_only=True, num_envs=config.eval_envs, policy_dir=paths["policy"],
+        trained_prefix_policy_dir=paths["policy_rtc"], bid_samples=config.bid_samples, shrink=config.shrink,
+        max_timesteps=config.max_timesteps, seed=config.seed,
+    )
+    with _stage("5/6 simulated-delay evaluation", timings, "eval"):
+        results = sweep.run(eval_config)
+
+    with _stage("6/6 report and video", timings, "report"):
+        report_path = report.write_report(report.ReportConfig(run=paths["eval"]))
+        videos = _videos(config, eval_config) if config.video_envs else []
+
+    timings["total"] = round(time.perf_counter() - started, 1)
+    written = {"results": results, "report": report_path, "plots": sorted(paths["eval"].glob("*.png")),
+               "videos": videos, "experts": paths["experts"], "data": paths["data"], "policy": paths["policy"],
+               "policy_rtc": paths["policy_rtc"]}
+    summary = {"timings_s": timings, "config": config, "written": written, "results": _headline(results)}
+    from rtchunk.checkpoints import atomic_write_text, to_jsonable
+
+    atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2, default=str))
+    _print_summary(summary, out)
+    return written
+
+
+def _level_name(config: DemoConfig) -> str:
+    return Path(config.level).stem
+
+
+def _videos(config: DemoConfig, eval_config) -> list[Path]:
+    """One video per ``video_methods`` entry at the largest delay, ``video_envs`` environments side by side."""
+    import jax
+
+    from rtchunk.delays import FixedDelay
+    from rtchunk.kinetix import envs, evaluate, levels, sweep, video
+
+    level = levels.load_level(config.level, level_dir=config.level_dir)
+    env, (arrays,) = envs.make_env([level], envs.EnvConfig(shrink=config.shrink, max_timesteps=config.max_timesteps))
+    (policy,) = sweep.load_policies(eval_config, [level.name], env.obs_dim, env.action_dim)
+    horizon = sweep._horizon(policy)
+    d = max(config.delays)
+    made = []
+    for name in config.video_methods:
+        path = Path(config.out_dir) / f"{name}_d{d}.mp4"
+        if path.is_file():  # written by an earlier run of the demo
+            made.append(path)
+            continue
+        sampler, execution = sweep.make_method(name, eval_config)
+        harness = evaluate.HarnessConfig(num_envs=config.video_envs, horizon=horizon, execution=execution,
+                                         delay_contract=evaluate.delay_contract(sampler),
+                                         record_states=config.video_envs)
+        result = evaluate.evaluate(env, arrays, evaluate.policy_chunk_fn(policy.graphdef, sampler), policy.params,
+                                   execute_horizon=max(d, 1), profile=FixedDelay(d), rng=jax.random.key(config.seed),
+                                   config=harness)
+        made.append(video.write_rollout_video(path, env, arrays, result.records, config.video_envs))
+    return made
+
+
+def _headline(results: Path) -> list[dict]:
+    with open(results) as f:
+        return [{k: row[k] for k in ("method", "d", "s", "solve_rate", "solve_rate_low", "solve_rate_high",
+                                     "num_envs", "max_delta_action", "seam_jump_mean")} for row in csv.DictReader(f)]
+
+
+def _print_summary(summary: dict, out: Path) -> None:
+    rows = summary["results"]
+    delays = sorted({int(r["d"]) for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    print("\nSolve rate (first episode of each environment, Wilson 95 % interval), s = max(d, 1):")
+    width = 26
+    print("method".ljust(16) + "".join(f"d={d}".ljust(width) for d in delays))
+    for m in methods:
+        cells = []
+        for d in delays:
+            r = next((r for r in rows if r["method"] == m and int(r["d"]) == d), None)
+            cells.append("-" if r is None else
+                         f"{float(r['solve_rate']):.2f} [{float(r['solve_rate_low']):.2f}, "
+                         f"{float(r['solve_rate_high']):.2f}]")
+        print(m.ljust(16) + "".join(c.ljust(width) for c in cells))
+    t = summary["timings_s"]
+    print("\nwall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in t.items()))
+    w = summary["written"]
+    print(f"\nresults CSV:    {w['results']}\nreport (table): {w['report']}")
+    for p in w["plots"]:
+        print(f"plot:           {p}")
+    for p in w["videos"]:
+        print(f"video:          {p}")
+    print(f"experts, data, policies: {w['experts']}, {w['data']}, {w['policy']}, {w['policy_rtc']}")
+    print(f"everything:     {out}")
+
+
+def main(config: DemoConfig = DemoConfig()) -> int:
+    run(config)
+    return 0
