@@ -71,7 +71,9 @@ def _weights(run, level, epoch):
 
 
 def test_train_resume_is_exact_and_writes_checkpoints(data_dir, tmp_path):
-    straight = bc.train_policy(_config(data_dir, tmp_path / "straight", num_epochs=3))
+    logged = []
+    straight = bc.train_policy(_config(data_dir, tmp_path / "straight", num_epochs=3), log=logged.append)
+    assert [[r["epoch"] for r in rows] for rows in logged] == [[0, 0], [1, 1], [2, 2]]  # what tracking receives
     resumed = tmp_path / "resumed"
     bc.train_policy(_config(data_dir, resumed, num_epochs=2))
     assert bc.last_epoch(resumed, "lvl_a") == 1

@@ -23,17 +23,19 @@ def _levels():
     return jax.tree.map(lambda x, y: np.stack([x, y]), a, b)
 
 
-def _train(out, settings=SETTINGS):
+def _train(out, settings=SETTINGS, log=None):
     env = ToyEnv()
     return expert.train_experts(env, _levels(), ["a", "b"], settings, out, num_motors=env.num_motors,
-                                episode_steps=env.horizon)
+                                episode_steps=env.horizon, log=log)
 
 
 def test_checkpoints_stats_and_exact_resume(tmp_path):
-    straight = _train(tmp_path / "straight")
+    logged = []
+    straight = _train(tmp_path / "straight", log=logged.append)
     assert [p.name for p in expert.checkpoint_dirs(straight)] == ["update_000003", "update_000006"]
     meta = checkpoints.load_meta(straight / "checkpoints" / "update_000006")
     assert {(r["level"], r["seed"]) for r in meta["stats"]} == {("a", 0), ("a", 1), ("b", 0), ("b", 1)}
+    assert logged[-1] == meta["stats"] and len(logged) == 2  # what tracking (--wandb-project) receives
     arrays = checkpoints.load_arrays(straight / "checkpoints" / "update_000006")
     assert arrays["log_std"].shape == (2, 2, ToyEnv.action_dim)  # [levels, seeds, ...]
 

@@ -182,3 +182,11 @@ def test_report_pools_levels_and_averages_only_shared_configurations(tmp_path):
     assert "randomly initialised" not in text
     average = text.split("## Average over levels")[1].split("##")[0]
     assert f"| naive | {report.Rate(70, 150)} |" in average and f"| rtc | {report.Rate(140, 150)} |" in average
+
+
+def test_video_rows_select_by_method_and_delay():
+    assert sweep.wants_video((), "rtc", "2")
+    assert sweep.wants_video(("rtc",), "rtc", "")
+    assert sweep.wants_video(("naive:3", "rtc:3"), "rtc", "3")
+    assert not sweep.wants_video(("naive:3", "rtc:3"), "rtc", "2")
+    assert not sweep.wants_video(("naive:3",), "bid", "3")

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-expert": ("rtchunk.kinetix.expert:main", "train PPO experts on Kinetix levels (seeds x levels)"),
     "generate-data": ("rtchunk.kinetix.generate:main", "record expert data for behaviour cloning"),
     "train-policy": ("rtchunk.kinetix.bc:main", "train flow policies on expert data (optionally training-time RTC)"),
+    "live": ("rtchunk.kinetix.live:main", "a level in wall-clock time driven by the async runtime, +injected latency"),
 }
 
 

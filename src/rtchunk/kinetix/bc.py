@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from rtchunk import checkpoints
 from rtchunk.kinetix import dataset as dataset_lib
 from rtchunk.kinetix import parallel
+from rtchunk.kinetix.tracking import Tracker
 from rtchunk.model import FlowPolicy, ModelConfig, TrainingDelays, flow_matching_loss
 
 TRAIN_STATE = "train_state"
@@ -163,7 +164,8 @@ def _resume_key(config: BCConfig, names: list[str]) -> dict:
     return body
 
 
-def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], dict] | None = None) -> Path:
+def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], dict] | None = None,
+                 log: Callable[[list[dict]], None] | None = None) -> Path:
     """Train (or resume) one flow policy per level; returns the output directory.
 
     ``evaluate(level, policy, meta) -> stats`` runs after every epoch when given (a quick evaluation).
@@ -287,6 +289,8 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
         checkpoints.save(state_dir, (host_params, jax.device_get(opt_state)),
                          {"kind": "bc_train_state", "epoch": epoch, "resume_key": resume_key})
         _append_rows(stats_path, rows)
+        if log is not None:
+            log(rows)
         if config.progress:
             print(f"epoch {epoch + 1}/{config.num_epochs}: " + ", ".join(
                 f"{r['level']} loss {r['loss']:.4f}" + (f" solve {r['solve_rate']:.2f}" if "solve_rate" in r else "")
@@ -316,6 +320,8 @@ class TrainPolicyConfig:
     quick_eval_envs: int = 128
     """Environments for the per-epoch quick evaluation (naive sampling, d=0, s=H/2); 0 turns it off."""
     distributed: parallel.DistributedConfig = parallel.DistributedConfig()
+    wandb_project: str | None = None
+    """Also send the per-epoch statistics to this Weights & Biases project (needs the [wandb] extra)."""
 
 
 PRESETS = {
@@ -362,6 +368,12 @@ def quick_evaluator(num_envs: int, seed: int = 0):
 def main(config: TrainPolicyConfig) -> int:
     parallel.initialize(config.distributed)
     evaluate = quick_evaluator(config.quick_eval_envs, config.bc.seed) if config.quick_eval_envs > 0 else None
-    out = train_policy(config.bc, evaluate)
+    out_dir = Path(config.bc.out_dir)
+    tracker = Tracker(config.wandb_project, run_name=f"policy {out_dir.resolve()}", config=config, step_key="epoch",
+                      directory=out_dir)
+    try:
+        out = train_policy(config.bc, evaluate, log=tracker.log)
+    finally:
+        tracker.finish()
     print(f"flow policies: {out}/<level>/epoch_XXX (stats in {out / _process_file('stats.csv')})")
     return 0

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Sequence
+from typing import Annotated, Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from rtchunk import checkpoints
 from rtchunk.kinetix import parallel, ppo
+from rtchunk.kinetix.tracking import Tracker
 
 CHECKPOINTS = "checkpoints"
 RUNNER = "runner"
@@ -84,8 +85,11 @@ def train_experts(
     num_motors: int,
     episode_steps: int,
     run_info: dict[str, Any] | None = None,
+    log: Callable[[list[dict]], None] | None = None,
 ) -> Path:
-    """Train ``settings.num_seeds`` experts on each of ``levels`` (stacked level arrays, one per name)."""
+    """Train ``settings.num_seeds`` experts on each of ``levels`` (stacked level arrays, one per name).
+
+    ``log(rows)`` also receives every batch of statistics rows written to ``stats.csv`` (experiment tracking)."""
     cfg = settings.ppo
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -167,6 +171,8 @@ def train_experts(
                              {"kind": "ppo_experts", "update": update_index, "names": list(names), "stats": rows,
                               "num_motors": num_motors, "env_steps_per_learner": update_index * cfg.steps_per_update})
             _append_rows(out / "stats.csv", rows)
+            if log is not None:
+                log(rows)
             if settings.progress:
                 for name in names:
                     solved = [r["solve_rate"] for r in rows if r["level"] == name]
@@ -281,6 +287,8 @@ class ExpertConfig:
     """Episode length (the papers: 256)."""
     trainer: Annotated[TrainerSettings, tyro.conf.arg(name="")] = TrainerSettings()
     distributed: parallel.DistributedConfig = parallel.DistributedConfig()
+    wandb_project: str | None = None
+    """Also send the statistics to this Weights & Biases project (needs the [wandb] extra)."""
 
 
 PRESETS = {
@@ -324,10 +332,15 @@ def main(config: ExpertConfig) -> int:
     total = config.trainer.ppo.num_updates * config.trainer.ppo.steps_per_update
     print(f"training {config.trainer.num_seeds} seeds x {len(mine)} level(s) ({', '.join(l.name for l in mine)}) for "
           f"{total:,} env steps each on {jax.local_device_count()} device(s); writing to {out}")
-    train_experts(
-        env, envs_lib.stack_levels(arrays), [lvl.name for lvl in mine], config.trainer, out,
-        num_motors=num_motors, episode_steps=env_config.max_timesteps,
-        run_info={"level_specs": [lvl.source for lvl in mine], "env": env_config},
-    )
+    tracker = Tracker(config.wandb_project, run_name=f"experts {out.resolve()}", config=config, step_key="env_steps",
+                      group_keys=("level", "seed"), directory=out)
+    try:
+        train_experts(
+            env, envs_lib.stack_levels(arrays), [lvl.name for lvl in mine], config.trainer, out,
+            num_motors=num_motors, episode_steps=env_config.max_timesteps,
+            run_info={"level_specs": [lvl.source for lvl in mine], "env": env_config}, log=tracker.log,
+        )
+    finally:
+        tracker.finish()
     print(f"expert checkpoints and stats: {out / CHECKPOINTS}, {out / 'stats.csv'}")
     return 0

@@ -96,6 +96,9 @@ class EvalConfig:
     """'i/n': evaluate only rows i, i+n, i+2n, ... (0-based)."""
     video_envs: int = 0
     """Write an mp4 of this many environments for every row (videos/)."""
+    video_rows: tuple[str, ...] = ()
+    """With --video-envs: only rows matching one of these 'method' or 'method:d' entries get a video
+    (empty: every row). Recording stays on for every row, so no row compiles a second rollout."""
     fast_compile: bool = False
     """Compile without XLA optimisation: much faster compiles, slower steps (smoke runs)."""
     host_devices: int = 2
@@ -207,6 +210,11 @@ def grid(config: EvalConfig, horizon: int) -> list[GridPoint]:
 
 
 # -- methods and policies ----------------------------------------------------------------------------
+
+
+def wants_video(video_rows: tuple[str, ...], method: str, d: str) -> bool:
+    """Whether a row (method, d as written in the CSV) is selected by ``--video-rows``."""
+    return not video_rows or method in video_rows or f"{method}:{d}" in video_rows
 
 
 def make_method(name: str, config: EvalConfig):
@@ -534,7 +542,7 @@ def run(config: EvalConfig) -> Path:
                        shrink=config.shrink, seed=config.seed, seconds=round(result.seconds, 3),
                        finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
             writer.write(row)
-            if config.video_envs:
+            if config.video_envs and wants_video(config.video_rows, method, row_key[2]):
                 from rtchunk.kinetix import video
 
                 stem = "__".join(_safe(x) for x in row_key)

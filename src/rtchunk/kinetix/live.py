@@ -1,0 +1,408 @@
+"""``rtchunk live``: a Kinetix level run in wall-clock time by the asynchronous runtime.
+
+The controller thread steps one environment every control period (30 Hz by default: one Kinetix step
+is two 1/60 s physics frames, so the level plays at its own speed) while a trained flow policy's real
+inference runs in the background, optionally slowed by an injected extra latency (the paper's
+real-robot experiments added +100 and +200 ms). Each method (naive, RTC, training-time RTC) runs a
+number of episodes per latency; the command prints and writes task success with Wilson intervals and
+the runtime's telemetry (jitter, observed delays, starvation, seam jumps), one telemetry directory and
+one video per run.
+
+Unlike ``rtchunk eval`` (the benchmark: thousands of simulated environments, delays counted in
+steps) this measures what a robot would see: delays are whatever the CPU and the injected latency make
+them, ticks can be late, and the controller starves when a chunk runs out.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LIVE_METHODS = ("naive", "rtc", "trained_prefix")
+
+
+@dataclasses.dataclass(frozen=True)
+class LiveConfig:
+    policy_dir: Path = Path("runs/demo/policy")
+    """A `rtchunk train-policy` run or checkpoint, used for naive and RTC (the demo writes one here)."""
+    trained_prefix_policy_dir: Path = Path("runs/demo/policy_rtc")
+    """A model trained with --simulated-delay, used for trained_prefix (the demo's fine-tune)."""
+    level: str | None = None
+    """Level name or path; default: the level the policy's data came from."""
+    level_dir: Path | None = None
+    shrink: bool | None = None
+    """Simulate the level compacted to its used slots; default: as in the policy's data."""
+    methods: tuple[str, ...] = LIVE_METHODS
+    """Any of: naive rtc trained_prefix."""
+    extra_latency_ms: tuple[float, ...] = (0.0, 100.0)
+    """Latency added to every inference (the paper's robot experiments: +100 and +200 ms)."""
+    control_hz: float = 30.0
+    """Control rate; 30 Hz plays a Kinetix level in real time."""
+    replan: str = "paper"
+    """When the next inference starts: paper | since_swap | queue (see rtchunk.runtime)."""
+    s_min: int = 3
+    """Actions executed before the next inference starts (for queue: the remaining-actions threshold)."""
+    estimator_window: int = 10
+    """The delay the sampler is told is the max of the last this-many observed delays (the paper: 10)."""
+    episodes: int = 10
+    """Episodes per method and latency (the success rate counts each)."""
+    max_timesteps: int | None = None
+    """Episode length; default: as in the policy's data (256)."""
+    num_flow_steps: int = 5
+    max_guidance_weight: float = 5.0
+    video: bool = True
+    """One mp4 per run showing its first episode."""
+    out: Path = Path("runs/live")
+    seed: int = 0
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in LIVE_METHODS]
+        if unknown or not self.methods:
+            raise ValueError(f"methods must be a non-empty subset of {', '.join(LIVE_METHODS)}, got {self.methods}")
+        for ms in self.extra_latency_ms:
+            if not (math.isfinite(ms) and 0 <= ms <= 10_000):
+                raise ValueError(f"extra_latency_ms must be in [0, 10000] ms, got {ms}")
+        if not self.extra_latency_ms:
+            raise ValueError("extra_latency_ms must hold at least one latency (0 for none)")
+        if not (math.isfinite(self.control_hz) and 0 < self.control_hz <= 1000):
+            raise ValueError(f"control_hz must be in (0, 1000], got {self.control_hz}")
+        if self.replan not in ("paper", "since_swap", "queue"):
+            raise ValueError(f"replan must be paper, since_swap or queue, got {self.replan!r}")
+        for name, low in (("s_min", 1), ("estimator_window", 1), ("episodes", 1), ("num_flow_steps", 1)):
+            if getattr(self, name) < low:
+                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if self.max_timesteps is not None and self.max_timesteps < 1:
+            raise ValueError(f"max_timesteps must be >= 1, got {self.max_timesteps}")
+        if not self.max_guidance_weight > 0:
+            raise ValueError(f"max_guidance_weight must be > 0, got {self.max_guidance_weight}")
+
+
+class NoTrainedPolicy(ValueError):
+    """There is no checkpoint where the live demo looks for one."""
+
+
+def find_checkpoint(directory: Path, level: str | None = None) -> Path:
+    """A checkpoint directory from a checkpoint, a per-level directory or a `rtchunk train-policy` run."""
+    from rtchunk.checkpoints import META
+    from rtchunk.kinetix.sweep import _checkpoint_for
+
+    directory = Path(directory)
+    how = ("train one with `rtchunk demo` (the whole pipeline, about 15 min on a laptop CPU) or "
+           "`rtchunk train-policy`, or point --policy-dir / --trained-prefix-policy-dir at a checkpoint")
+    if not directory.exists():
+        raise NoTrainedPolicy(f"no trained policy at {directory}: {how}")
+    if (directory / META).is_file():
+        return directory
+    if level is None:
+        names = sorted(p.name for p in directory.iterdir() if p.is_dir() and any(p.glob(f"epoch_*/{META}")))
+        if len(names) != 1:
+            if not names:
+                raise NoTrainedPolicy(f"no trained policy in {directory} (no <level>/epoch_*/{META}): {how}")
+            raise ValueError(f"{directory} holds policies for several levels ({', '.join(names)}): choose one with --level")
+        level = names[0]
+    try:
+        return _checkpoint_for(directory, level)
+    except ValueError as e:
+        raise NoTrainedPolicy(f"{e}; {how}") from None
+
+
+def data_meta(policy_meta: dict, level_hint: str | None) -> dict:
+    """The meta.json of the data a `rtchunk train-policy` checkpoint was trained on ({} if unknown)."""
+    data_dir = policy_meta.get("data_dir")
+    if not data_dir:
+        return {}
+    candidates = sorted(Path(data_dir).glob("*/meta.json"))
+    if level_hint is not None:
+        candidates = [p for p in candidates if p.parent.name == level_hint] or candidates
+    if len(candidates) != 1:
+        return {}
+    return json.loads(candidates[0].read_text())
+
+
+class ClipDelay:
+    """A trained-prefix policy told at most its trained max delay (a longer frozen prefix is out of its
+    training distribution); counts how often the estimate had to be clipped."""
+
+    def __init__(self, policy, max_delay: int):
+        self.policy = policy
+        self.max_delay = int(max_delay)
+        self.horizon = getattr(policy, "horizon", None)
+        self.clipped = 0
+
+    def __call__(self, observation, prev_chunk_leftover, estimated_delay, execute_horizon):
+        if estimated_delay > self.max_delay:
+            self.clipped += 1
+            estimated_delay = self.max_delay
+        return self.policy(observation, prev_chunk_leftover, estimated_delay, execute_horizon)
+
+
+class KinetixRobot:
+    """One Kinetix environment as the runtime's robot: ``act`` steps it once (a jitted step).
+
+    Counts finished episodes (return, length, solved; the environment resets itself) and keeps the
+    physics states of the first episode for a video. ``finished`` is set once ``episodes`` have ended.
+    """
+
+    def __init__(self, env, level, step_fn, episodes: int, seed: int, keep_states: bool):
+        import jax
+
+        self.env, self._step = env, step_fn
+        self.level = jax.device_put(level)  # once, not a host-to-device copy of every leaf per tick
+        self.episodes = episodes
+        self._key = jax.random.key(seed)
+        obs, self.state = env.reset(self._key, level)
+        self.observation = np.asarray(obs)
+        self.results: list[dict] = []
+        self.finished = threading.Event()
+        self._keep = keep_states
+        self.first_episode: list = [self.state.physics] if keep_states else []
+        self._t = 0
+
+    def observe(self):
+        return self.observation
+
+    def act(self, action):
+        self._t += 1
+        obs, self.state, done, ret, length, solved = self._step(
+            self._key, np.int32(self._t), self.state, np.asarray(action, np.float32), self.level
+        )
+        self.observation = np.asarray(obs)
+        if self._keep and not self.results:
+            self.first_episode.append(self.state.physics)
+        if bool(done) and len(self.results) < self.episodes:
+            self.results.append({"return": float(ret), "length": int(length), "solved": bool(solved)})
+            if len(self.results) >= self.episodes:
+                self.finished.set()
+
+
+def make_step(env):
+    """A jitted single-environment step returning what the robot needs (levels are arguments)."""
+    import jax
+
+    @jax.jit
+    def step(key, t, state, action, level):
+        obs, state, _, done, info = env.step(jax.random.fold_in(key, t), state, action, level)
+        return (obs, state, done, info["returned_episode_returns"], info["returned_episode_lengths"],
+                info["returned_episode_solved"])
+
+    return step
+
+
+def _replan(config: LiveConfig):
+    from rtchunk.runtime import Paper, Queue, SinceSwap
+
+    return {"paper": Paper, "since_swap": SinceSwap, "queue": Queue}[config.replan](config.s_min)
+
+
+def _method(name: str, config: LiveConfig):
+    from rtchunk.sampling import RTC, Naive, TrainedPrefix
+
+    return {"naive": Naive(), "rtc": RTC(schedule="exp", max_guidance_weight=config.max_guidance_weight),
+            "trained_prefix": TrainedPrefix()}[name]
+
+
+def run_one(policy, env, level, step_fn, config: LiveConfig, extra_ms: float, horizon: int, out_dir: Path) -> dict:
+    """One method at one latency: ``config.episodes`` episodes in wall-clock time. Returns a result row."""
+    from rtchunk.delays import MaxEstimator
+    from rtchunk.metrics import wilson_interval
+    from rtchunk.runtime import Runtime, RuntimeConfig, WithExtraLatency
+
+    period = 1.0 / config.control_hz
+    robot = KinetixRobot(env, level, step_fn, config.episodes, config.seed, keep_states=config.video)
+    chunk_policy = WithExtraLatency(policy, extra_ms / 1e3) if extra_ms > 0 else policy
+    # d_init: what the injected latency alone will cost, so the first guided chunks are not told 0.
+    initial = min(math.ceil(extra_ms / 1e3 / period), horizon - 1)
+    runtime = Runtime(chunk_policy, RuntimeConfig(replan=_replan(config), control_period_s=period,
+                                                  estimator=MaxEstimator(window=config.estimator_window),
+                                                  initial_delay=initial), robot=robot)
+    # Generous: every episode at full length, the robot's own step time, and a slow start.
+    limit_s = config.episodes * env.config.max_timesteps * period * 2 + 60
+    started = time.perf_counter()
+    runtime.start()
+    try:
+        finished = robot.finished.wait(limit_s)
+    finally:
+        runtime.stop()
+    runtime.raise_if_failed()
+    wall = time.perf_counter() - started
+    if not finished:
+        raise RuntimeError(f"only {len(robot.results)} of {config.episodes} episodes ended within {limit_s:.0f} s")
+    telemetry = runtime.telemetry()
+    telemetry.save(out_dir)
+    results = robot.results
+    solved = sum(r["solved"] for r in results)
+    low, high = wilson_interval(solved, len(results))
+    summary = telemetry.summary()
+    row = {
+        "episodes": len(results), "solved": solved, "solve_rate": solved / len(results),
+        "solve_rate_low": low, "solve_rate_high": high,
+        "return_mean": float(np.mean([r["return"] for r in results])),
+        "length_mean": float(np.mean([r["length"] for r in results])),
+        "wall_s": round(wall, 1),
+    }
+    for key in ("ticks", "missed_ticks", "starvation_ticks", "swaps", "late_chunks", "jitter_ms_p50",
+                "jitter_ms_p99", "delay_ticks_p50", "delay_ticks_p95", "delay_ticks_p99", "latency_ms_p50",
+                "compute_ms_p50", "delay_given_mean", "delay_underestimated", "seam_jump_mean", "seam_jump_p99",
+                "max_delta_action", "max_ddelta_action"):
+        row[key] = summary.get(key, math.nan)
+    row["delay_clipped"] = getattr(policy, "clipped", 0)
+    if config.video and len(robot.first_episode) > 1:
+        import jax
+
+        from rtchunk.kinetix.video import render_frames, tile, write_mp4
+
+        states = jax.tree.map(lambda *x: np.stack(x)[:, None], *robot.first_episode)
+        row["video"] = str(write_mp4(out_dir / "episode.mp4", tile(render_frames(env, level, states)),
+                                     fps=int(round(config.control_hz))))
+    return row
+
+
+COLUMNS = ("method", "extra_latency_ms", "episodes", "solved", "solve_rate", "solve_rate_low", "solve_rate_high",
+           "return_mean", "length_mean", "delay_ticks_p50", "delay_ticks_p95", "delay_ticks_p99", "delay_given_mean",
+           "delay_underestimated", "delay_clipped", "starvation_ticks", "late_chunks", "swaps", "seam_jump_mean",
+           "seam_jump_p99", "max_delta_action", "max_ddelta_action", "jitter_ms_p50", "jitter_ms_p99",
+           "missed_ticks", "ticks", "latency_ms_p50", "compute_ms_p50", "wall_s", "video")
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "nan" if not math.isfinite(x) else f"{x:.3g}"
+    return str(x)
+
+
+def markdown_table(rows: list[dict]) -> str:
+    head = ["method", "extra latency", "solved", "solve rate (95 % CI)", "delay p50/p99 (ticks)", "starved ticks",
+            "seam jump mean/p99", "jitter p99 (ms)", "missed ticks"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["method"], f"+{r['extra_latency_ms']:g} ms", f"{r['solved']}/{r['episodes']}",
+            f"{r['solve_rate']:.2f} [{r['solve_rate_low']:.2f}, {r['solve_rate_high']:.2f}]",
+            f"{_fmt(r['delay_ticks_p50'])}/{_fmt(r['delay_ticks_p99'])}", str(r["starvation_ticks"]),
+            f"{_fmt(r['seam_jump_mean'])}/{_fmt(r['seam_jump_p99'])}", _fmt(r["jitter_ms_p99"]),
+            str(r["missed_ticks"]),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_results(out: Path, rows: list[dict]) -> dict[str, Path]:
+    from rtchunk.checkpoints import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in COLUMNS})
+    paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
+    atomic_write_text(paths["csv"], buf.getvalue())
+    atomic_write_text(paths["markdown"], markdown_table(rows))
+    return paths
+
+
+def load_live_policies(config: LiveConfig):
+    """(policies by method, the level spec, env settings) from the configured checkpoints."""
+    from rtchunk.checkpoints import load_policy
+
+    need_base = any(m != "trained_prefix" for m in config.methods)
+    base_dir = config.policy_dir if need_base else config.trained_prefix_policy_dir
+    level_name = None if config.level is None else Path(config.level).stem
+    base_path = find_checkpoint(base_dir, level_name)
+    base, base_meta = load_policy(base_path)
+    sources = {}
+    policies = {}
+    for method in config.methods:
+        if method == "trained_prefix":
+            path = find_checkpoint(config.trained_prefix_policy_dir, level_name or base_path.parent.name)
+            policy, meta = load_policy(path)
+            delays = meta.get("training_delays")
+            if not delays:
+                raise ValueError(f"trained_prefix needs a model trained with prefix conditioning (rtchunk train-policy "
+                                 f"--simulated-delay); {path} has no 'training_delays' in its meta.json")
+            if (policy.obs_dim, policy.action_dim) != (base.obs_dim, base.action_dim):
+                raise ValueError(f"{path} and {base_path} have different observation/action dimensions")
+            policies[method] = (policy, int(delays["max_delay"]))
+            sources[method] = str(path)
+        else:
+            policies[method] = (base, None)
+            sources[method] = str(base_path)
+    meta = data_meta(base_meta, level_name or base_path.parent.name)
+    return policies, sources, meta
+
+
+def run(config: LiveConfig) -> list[dict]:
+    from rtchunk.checkpoints import atomic_write_text
+    from rtchunk.kinetix import envs as envs_lib
+    from rtchunk.kinetix import levels as levels_lib
+    from rtchunk.runtime import flow_policy_fn
+
+    policies, sources, meta = load_live_policies(config)
+    level_spec = config.level or meta.get("level_source") or meta.get("level")
+    if level_spec is None:
+        raise ValueError("cannot tell which level the policy was trained on (no data meta.json): pass --level")
+    env_meta = dict(meta.get("env", {}))
+    shrink = env_meta.get("shrink", False) if config.shrink is None else config.shrink
+    max_timesteps = config.max_timesteps or env_meta.get("max_timesteps", envs_lib.EPISODE_STEPS)
+    level = levels_lib.load_level(level_spec, level_dir=config.level_dir)
+    env, (arrays,) = envs_lib.make_env([level], envs_lib.EnvConfig(shrink=shrink, max_timesteps=max_timesteps))
+    some_policy = next(iter(policies.values()))[0]
+    if (some_policy.obs_dim, some_policy.action_dim) != (env.obs_dim, env.action_dim):
+        raise ValueError(f"the policy has obs_dim={some_policy.obs_dim}, action_dim={some_policy.action_dim}; "
+                         f"level {level.name} gives obs_dim={env.obs_dim}, action_dim={env.action_dim}")
+    horizon = some_policy.config.horizon
+    if config.replan != "queue" and config.s_min > horizon:
+        raise ValueError(f"s_min must be in [1, H = {horizon}], got {config.s_min}")
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    step_fn = make_step(env)
+    # Compile the environment step before any clock starts.
+    warm = KinetixRobot(env, arrays, step_fn, 1, config.seed, keep_states=False)
+    warm.act(np.zeros(env.action_dim, np.float32))
+
+    print(f"level {level.name} (shrink={shrink}) at {config.control_hz:g} Hz, H={horizon}, replan={config.replan}"
+          f"(s_min={config.s_min}), {config.episodes} episode(s) per run")
+    rows = []
+    for method in config.methods:
+        flow, max_delay = policies[method]
+        chunk_policy = flow_policy_fn(flow, _method(method, config), num_steps=config.num_flow_steps, seed=config.seed)
+        for extra_ms in config.extra_latency_ms:
+            policy = ClipDelay(chunk_policy, max_delay) if max_delay is not None else chunk_policy
+            name = f"{method}_plus{extra_ms:g}ms"
+            print(f"  {name}: running ...", flush=True)
+            row = {"method": method, "extra_latency_ms": float(extra_ms), "policy": sources[method],
+                   **run_one(policy, env, arrays, step_fn, config, extra_ms, horizon, out / name)}
+            rows.append(row)
+            print(f"  {name}: solved {row['solved']}/{row['episodes']}, delay p50 {_fmt(row['delay_ticks_p50'])} "
+                  f"ticks, starved {row['starvation_ticks']} ticks, seam jump mean {_fmt(row['seam_jump_mean'])}, "
+                  f"jitter p99 {_fmt(row['jitter_ms_p99'])} ms", flush=True)
+            if row["delay_clipped"]:
+                print(f"    (the delay estimate exceeded the model's trained max {max_delay} on {row['delay_clipped']} "
+                      f"call(s) and was clipped to it)")
+            _write_results(out, rows)
+    atomic_write_text(out / "run.json", json.dumps({"config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
+                                                    "level": level.name, "shrink": shrink,
+                                                    "max_timesteps": max_timesteps, "policies": sources}, indent=1))
+    return rows
+
+
+def main(config: LiveConfig) -> int:
+    try:
+        rows = run(config)
+    except NoTrainedPolicy as e:
+        print(f"rtchunk live: {e}")
+        return 2
+    paths = _write_results(Path(config.out), rows)
+    print()
+    print(markdown_table(rows))
+    print(f"results: {paths['csv']} and {paths['markdown']}; per run: {config.out}/<method>_plus<ms>ms/ "
+          f"(ticks.csv, inferences.csv, telemetry.json, telemetry.png, episode.mp4)")
+    return 0

@@ -1,0 +1,97 @@
+"""`rtchunk live`: tiny random policies drive shrunk h17_unicycle through the real runtime, in wall-clock
+time at 100 Hz with 12-step episodes, with and without injected latency."""
+
+from __future__ import annotations
+
+import json
+
+import flax.nnx as nnx
+import pytest
+
+from rtchunk import checkpoints
+from rtchunk.kinetix import live
+from rtchunk.model import FlowPolicy
+
+from kinetix_helpers import TINY_MODEL
+
+OBS, ACT = 679, 6  # h17_unicycle
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A train-policy-like layout: <run>/<level>/epoch_000, with the data's meta.json the policy points at."""
+    root = tmp_path_factory.mktemp("live")
+    data = root / "data"
+    (data / "h17_unicycle").mkdir(parents=True)
+    (data / "h17_unicycle" / "meta.json").write_text(json.dumps({
+        "level": "h17_unicycle", "level_source": "l/h17_unicycle",
+        "env": {"shrink": True, "max_timesteps": 12, "action_noise_std": 0.1},
+    }))
+    common = {"data_dir": str(data)}
+    checkpoints.save_policy(root / "policy" / "h17_unicycle" / "epoch_000",
+                            FlowPolicy(OBS, ACT, TINY_MODEL, rngs=nnx.Rngs(0)), {**common, "training_delays": None})
+    checkpoints.save_policy(root / "policy_rtc" / "h17_unicycle" / "epoch_000",
+                            FlowPolicy(OBS, ACT, TINY_MODEL, rngs=nnx.Rngs(1)),
+                            {**common, "training_delays": {"min_delay": 0, "max_delay": 2}})
+    return root
+
+
+def test_live_runs_every_method_with_injected_latency(trained, tmp_path):
+    config = live.LiveConfig(policy_dir=trained / "policy", trained_prefix_policy_dir=trained / "policy_rtc",
+                             extra_latency_ms=(0.0, 45.0), control_hz=100.0, s_min=2, episodes=2, out=tmp_path / "out",
+                             video=False)
+    rows = live.run(config)
+    assert [(r["method"], r["extra_latency_ms"]) for r in rows] == [
+        (m, ms) for m in ("naive", "rtc", "trained_prefix") for ms in (0.0, 45.0)]
+    for r in rows:
+        assert r["episodes"] == 2 and 0 <= r["solved"] <= 2
+        assert 1 <= r["length_mean"] <= 12
+        assert r["solve_rate_low"] <= r["solve_rate"] <= r["solve_rate_high"]
+        assert r["swaps"] >= 1 and r["ticks"] >= r["length_mean"] * 2
+        assert (tmp_path / "out" / f"{r['method']}_plus{r['extra_latency_ms']:g}ms" / "telemetry.json").is_file()
+        if r["extra_latency_ms"] > 0:
+            # 45 ms of sleep at a 10 ms period: no inference can come back in fewer than 5 ticks.
+            assert r["delay_ticks_p50"] >= 5
+    tp = [r for r in rows if r["method"] == "trained_prefix" and r["extra_latency_ms"] > 0][0]
+    # Told the max of recent delays (>= 5) but trained only up to 2: clipped, and counted.
+    assert tp["delay_clipped"] >= 1
+    assert "| rtc | +45 ms |" in (tmp_path / "out" / "results.md").read_text()
+    assert len((tmp_path / "out" / "results.csv").read_text().splitlines()) == 7
+
+
+def test_live_writes_a_video(trained, tmp_path):
+    rows = live.run(live.LiveConfig(policy_dir=trained / "policy", methods=("naive",), extra_latency_ms=(0.0,),
+                                    control_hz=100.0, episodes=1, out=tmp_path))
+    assert (tmp_path / "naive_plus0ms" / "episode.mp4").stat().st_size > 1000
+    assert rows[0]["video"].endswith("episode.mp4")
+
+
+def test_live_says_how_to_get_a_policy(tmp_path, capsys):
+    code = live.main(live.LiveConfig(policy_dir=tmp_path / "nothing", out=tmp_path / "out"))
+    assert code == 2
+    assert "rtchunk demo" in capsys.readouterr().out
+
+
+def test_live_refuses_an_untrained_prefix_model(trained, tmp_path):
+    with pytest.raises(ValueError, match="simulated-delay"):
+        live.load_live_policies(live.LiveConfig(policy_dir=trained / "policy",
+                                                trained_prefix_policy_dir=trained / "policy"))
+
+
+def test_live_config_errors_name_the_parameter():
+    with pytest.raises(ValueError, match="methods"):
+        live.LiveConfig(methods=("bid",))
+    with pytest.raises(ValueError, match="extra_latency_ms"):
+        live.LiveConfig(extra_latency_ms=(-1.0,))
+    with pytest.raises(ValueError, match="control_hz"):
+        live.LiveConfig(control_hz=0.0)
+    with pytest.raises(ValueError, match="replan"):
+        live.LiveConfig(replan="sometimes")
+
+
+def test_clip_delay_counts():
+    seen = []
+    clip = live.ClipDelay(lambda o, p, d, s: seen.append(d), max_delay=2)
+    clip(None, None, 5, 3)
+    clip(None, None, 1, 3)
+    assert seen == [2, 1] and clip.clipped == 1
