@@ -38,8 +38,7 @@ def trained(tmp_path_factory):
 
 def test_live_runs_every_method_with_injected_latency(trained, tmp_path):
     config = live.LiveConfig(policy_dir=trained / "policy", trained_prefix_policy_dir=trained / "policy_rtc",
-                             extra_latency_ms=(0.0, 45.0), control_hz=100.0, s_min=2, episodes=2, out=tmp_path / "out",
-                             video=False)
+                             extra_latency_ms=(0.0, 45.0), control_hz=100.0, s_min=2, episodes=2, out=tmp_path / "out")
     rows = live.run(config)
     assert [(r["method"], r["extra_latency_ms"]) for r in rows] == [
         (m, ms) for m in ("naive", "rtc", "trained_prefix") for ms in (0.0, 45.0)]
@@ -48,7 +47,9 @@ def test_live_runs_every_method_with_injected_latency(trained, tmp_path):
         assert 1 <= r["length_mean"] <= 12
         assert r["solve_rate_low"] <= r["solve_rate"] <= r["solve_rate_high"]
         assert r["swaps"] >= 1 and r["ticks"] >= r["length_mean"] * 2
-        assert (tmp_path / "out" / f"{r['method']}_plus{r['extra_latency_ms']:g}ms" / "telemetry.json").is_file()
+        run_dir = tmp_path / "out" / f"{r['method']}_plus{r['extra_latency_ms']:g}ms"
+        assert (run_dir / "telemetry.json").is_file() and (run_dir / "telemetry.png").is_file()
+        assert r["video"] == str(run_dir / "episode.mp4") and (run_dir / "episode.mp4").stat().st_size > 1000
         if r["extra_latency_ms"] > 0:
             # 45 ms of sleep at a 10 ms period: no inference can come back in fewer than 5 ticks.
             assert r["delay_ticks_p50"] >= 5
@@ -57,13 +58,6 @@ def test_live_runs_every_method_with_injected_latency(trained, tmp_path):
     assert tp["delay_clipped"] >= 1
     assert "| rtc | +45 ms |" in (tmp_path / "out" / "results.md").read_text()
     assert len((tmp_path / "out" / "results.csv").read_text().splitlines()) == 7
-
-
-def test_live_writes_a_video(trained, tmp_path):
-    rows = live.run(live.LiveConfig(policy_dir=trained / "policy", methods=("naive",), extra_latency_ms=(0.0,),
-                                    control_hz=100.0, episodes=1, out=tmp_path))
-    assert (tmp_path / "naive_plus0ms" / "episode.mp4").stat().st_size > 1000
-    assert rows[0]["video"].endswith("episode.mp4")
 
 
 def test_live_says_how_to_get_a_policy(tmp_path, capsys):

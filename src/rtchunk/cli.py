@@ -14,6 +14,7 @@ import inspect
 import os
 import sys
 import typing
+from pathlib import Path
 
 # name -> (module:function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -69,6 +70,13 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def default_cache_dir() -> Path:
+    """$RTCHUNK_CACHE_DIR, else $XDG_CACHE_HOME/rtchunk/jax, else ~/.cache/rtchunk/jax."""
+    if os.environ.get("RTCHUNK_CACHE_DIR"):
+        return Path(os.environ["RTCHUNK_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rtchunk" / "jax"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -83,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_force_host_platform_device_count" not in flags:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=2".strip()
+    # A persistent compilation cache: the physics compiles into every stage (tens of seconds each on a
+    # CPU), and a rerun or a resumed run then loads it instead. JAX_COMPILATION_CACHE_DIR="" turns it off.
+    # (JAX is already imported with the package, so the setting goes through its config, not the variable.)
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", str(default_cache_dir()))
     import tyro
 
     func = _load(COMMANDS[name][0])

@@ -47,7 +47,7 @@ class DemoConfig:
     environments); the policy sits on a knife edge, so stopping earlier is a lottery."""
     bc_warmup_steps: int = 200
     bc_batch: int = 256
-    finetune_epochs: int = 1
+    finetune_epochs: int = 2
     """Training-time-RTC fine-tune epochs, from the last BC epoch (the papers: 8 after epoch 24 of 32)."""
     steps_per_epoch: int | None = None
     """Cap on updates per epoch (None: one pass over the data)."""

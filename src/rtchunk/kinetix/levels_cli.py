@@ -43,9 +43,9 @@ class Shrink:
 
 
 Command = Union[
-    Annotated[List, tyro.conf.subcommand("list")],
-    Annotated[Show, tyro.conf.subcommand("show")],
-    Annotated[Shrink, tyro.conf.subcommand("shrink")],
+    Annotated[List, tyro.conf.subcommand("list", prefix_name=False)],
+    Annotated[Show, tyro.conf.subcommand("show", prefix_name=False)],
+    Annotated[Shrink, tyro.conf.subcommand("shrink", prefix_name=False)],
 ]
 
 
@@ -97,6 +97,6 @@ def _shrink(cmd: Shrink) -> None:
                   f"{f.failed_shrunk:.1%}; positions agree (1e-3) for a median {f.median_agree_steps:.0f} steps")
 
 
-def main(command: Command) -> int:
+def main(command: Annotated[Command, tyro.conf.OmitArgPrefixes]) -> int:
     {List: _list, Show: _show, Shrink: _shrink}[type(command)](command)
     return 0

@@ -515,22 +515,38 @@ def run(config: EvalConfig) -> Path:
 
     # One method object per name: the compiled rollout is cached per (method, policy architecture).
     methods = {name: make_method(name, config) for name in config.methods}
+
+    def job(method: str, point: GridPoint, li: int):
+        """What one row evaluates: (policy, chunk_fn, harness config, params)."""
+        sampler, execution = methods[method]
+        policy = (prefix_policies if method == "trained_prefix" else policies)[li]
+        weak = policy.weak_params is not None and method == "bid"
+        chunk_fn = evaluate.policy_chunk_fn(policy.graphdef, sampler, config.num_flow_steps, weak_policy=weak)
+        harness = evaluate.HarnessConfig(
+            num_envs=config.num_envs, horizon=horizon, execution=execution,
+            ensemble_decay=config.ensemble_decay,
+            estimator=delays_lib.MaxEstimator(window=config.estimator_window),
+            delay_contract=evaluate.delay_contract(sampler), record_states=config.video_envs,
+            fast_compile=config.fast_compile,
+        )
+        params = (policy.params, policy.weak_params) if weak else policy.params
+        return policy, chunk_fn, harness, params
+
+    # One rollout program per method: compile them side by side before the first row needs one.
+    firsts = {}
+    for _, method, point, li in remaining:
+        firsts.setdefault(method, (method, point, li))
+    jobs = []
+    for method, point, li in firsts.values():
+        _, chunk_fn, harness, params = job(method, point, li)
+        jobs.append((env, arrays[li], chunk_fn, params, point.s, point.profile, harness, config.initial_estimate))
+    if evaluate.precompile(jobs):
+        print(f"compiled {len(jobs)} rollouts in parallel", file=sys.stderr)
     writer = ResultsWriter(path)
     bar = tqdm(total=len(remaining), disable=not config.progress, desc="eval", unit="cfg")
     try:
         for row_key, method, point, li in remaining:
-            sampler, execution = methods[method]
-            policy = (prefix_policies if method == "trained_prefix" else policies)[li]
-            weak = policy.weak_params is not None and method == "bid"
-            chunk_fn = evaluate.policy_chunk_fn(policy.graphdef, sampler, config.num_flow_steps, weak_policy=weak)
-            harness = evaluate.HarnessConfig(
-                num_envs=config.num_envs, horizon=horizon, execution=execution,
-                ensemble_decay=config.ensemble_decay,
-                estimator=delays_lib.MaxEstimator(window=config.estimator_window),
-                delay_contract=evaluate.delay_contract(sampler), record_states=config.video_envs,
-                fast_compile=config.fast_compile,
-            )
-            params = (policy.params, policy.weak_params) if weak else policy.params
+            policy, chunk_fn, harness, params = job(method, point, li)
             rng = jax.random.fold_in(jax.random.key(config.seed), li)
             result = evaluate.evaluate(
                 env, arrays[li], chunk_fn, params, execute_horizon=point.s, profile=point.profile, rng=rng,

@@ -273,12 +273,18 @@ def _trained_prefix(velocity_fn, noise, prev_chunk, delay, num_steps):
         prev_chunk = torch.zeros_like(noise)
     clamp = lambda x: torch.where(prefix[..., None], prev_chunk, x)  # noqa: E731
 
+    # With one delay for the whole batch the per-token times are [1, H]: H time embeddings whatever the
+    # batch, computed directly. Per-sample delays make them [B, H]; then a table of the two distinct times
+    # (two embeddings, looked up per token) is cheaper, if the velocity function accepts one. (Eager
+    # PyTorch pays per operation, so the table's lookups would cost more than they save at [1, H].)
+    tabled = prefix.shape[0] > 1 and getattr(velocity_fn, "accepts_time_table", False)
+    index = prefix.long()
+    one = torch.ones((), dtype=noise.dtype, device=noise.device)
+
     def step_velocity(x, tau, i):
-        if getattr(velocity_fn, "accepts_time_table", False):
-            # Two distinct times (the clean prefix's and the shared one): two time embeddings, not B*H.
-            table = TimeTable(torch.stack([tau, torch.ones_like(tau)]), prefix.long())
-            return velocity_fn(clamp(x), table)
-        return _call(velocity_fn, clamp(x), torch.where(prefix, torch.ones_like(tau), tau))
+        if tabled:
+            return velocity_fn(clamp(x), TimeTable(torch.stack([tau, torch.ones_like(tau)]), index))
+        return _call(velocity_fn, clamp(x), torch.where(prefix, one, tau))
 
     # As in JAX: clamping once more makes the returned prefix equal prev_chunk exactly.
     return clamp(_euler(step_velocity, noise, num_steps))
