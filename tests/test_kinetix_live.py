@@ -51,10 +51,10 @@ def test_live_runs_every_method_with_injected_latency(trained, tmp_path):
         assert (run_dir / "telemetry.json").is_file() and (run_dir / "telemetry.png").is_file()
         assert r["video"] == str(run_dir / "episode.mp4") and (run_dir / "episode.mp4").stat().st_size > 1000
         if r["extra_latency_ms"] > 0:
-            # 45 ms of sleep at a 10 ms period: no inference can come back in fewer than 5 ticks.
-            assert r["delay_ticks_p50"] >= 5
+            # 45 ms of sleep at a 10 ms period: at least 4 whole ticks pass before any chunk can return.
+            assert r["delay_ticks_p50"] >= 4
     tp = [r for r in rows if r["method"] == "trained_prefix" and r["extra_latency_ms"] > 0][0]
-    # Told the max of recent delays (>= 5) but trained only up to 2: clipped, and counted.
+    # Told the max of recent delays (>= 4) but trained only up to 2: clipped, and counted.
     assert tp["delay_clipped"] >= 1
     assert "| rtc | +45 ms |" in (tmp_path / "out" / "results.md").read_text()
     assert len((tmp_path / "out" / "results.csv").read_text().splitlines()) == 7
