@@ -102,3 +102,24 @@ def test_collect_uses_one_expert_per_episode():
     assert data.done.sum() == 6 * 5 and np.all(data.episode_length[data.done] == env.horizon)
     summary = data.summary()
     assert summary["episodes"] == 30 and 0.0 <= summary["solve_rate"] <= 1.0
+
+
+def test_checkpoint_videos_show_the_first_seeds_expert(tmp_path, monkeypatch):
+    from rtchunk.kinetix import video
+
+    rendered, written = [], []
+
+    def fake_render(env, level, states, downscale=2):
+        rendered.append((np.asarray(level.target), jax.tree.map(np.shape, states)))
+        steps, envs = np.shape(jax.tree.leaves(states)[0])[:2]
+        return np.zeros((steps, envs, 4, 4, 3), np.uint8)
+
+    monkeypatch.setattr(video, "render_frames", fake_render)
+    monkeypatch.setattr(video, "write_mp4", lambda path, frames, fps=25: written.append((path.name, frames.shape)))
+    _train(tmp_path / "videos", dataclasses.replace(SETTINGS, video_envs=3))
+    # Two checkpoints x two levels, each an episode (16 steps + the reset state) of 3 environments side by side.
+    assert [name for name, _ in written] == ["a_update_000003.mp4", "b_update_000003.mp4",
+                                            "a_update_000006.mp4", "b_update_000006.mp4"]
+    assert all(shape == (17, 4, 3 * 4 + 2 * 4, 3) for _, shape in written)
+    np.testing.assert_allclose(rendered[0][0], (1.0, -0.5))  # level a's own arrays
+    np.testing.assert_allclose(rendered[1][0], (-0.5, 0.8))

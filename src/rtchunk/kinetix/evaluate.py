@@ -391,32 +391,18 @@ def compiled_rollout(env, chunk_fn, config: HarnessConfig):
     return jax.jit(sharded, compiler_options=options), len(devices)
 
 
-def persistent_cache_on() -> bool:
-    return bool(jax.config.jax_compilation_cache_dir)
-
-
 def precompile(jobs: list[tuple], workers: int = 2) -> int:
-    """Compile the rollouts of several evaluations at once; returns how many were compiled.
-
+    """Compile the rollouts of several evaluations side by side (``rtchunk.kinetix.parallel.precompile``);
     ``jobs``: ``(env, level, chunk_fn, params, execute_horizon, profile, config, initial_estimate)`` as for
-    ``evaluate``. XLA compiles one program on one core, so a sweep of five methods on a 2-core machine
-    otherwise leaves a core idle for minutes. The executables land in JAX's persistent compilation cache,
-    from which the evaluations load them; without that cache this would compile everything twice, so it
-    does nothing.
-    """
-    if not persistent_cache_on() or len(jobs) < 2:
-        return 0
-    from concurrent.futures import ThreadPoolExecutor
+    ``evaluate``. Returns how many were compiled."""
+    from rtchunk.kinetix.parallel import precompile as compile_calls
 
-    def compile_one(job):
-        env, level, chunk_fn, params, execute_horizon, profile, config, initial_estimate = job
+    calls = []
+    for env, level, chunk_fn, params, execute_horizon, profile, config, initial_estimate in jobs:
         spec = delay_spec(profile, execute_horizon, config.horizon, initial_estimate)
         fn, _ = compiled_rollout(env, chunk_fn, config)
-        fn.lower(params, level, spec, jax.random.split(jax.random.key(0), config.num_envs)).compile()
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(compile_one, jobs))
-    return len(jobs)
+        calls.append((fn, (params, level, spec, jax.random.split(jax.random.key(0), config.num_envs))))
+    return compile_calls(calls, workers)
 
 
 def rollout(env, level, chunk_fn: ChunkFn, params, spec: DelaySpec, rng: jax.Array,

@@ -53,10 +53,15 @@ class TrainerSettings:
     num_eval_envs: int = 64
     """Environments for each checkpoint's evaluation of the deterministic policy; 0 = use the statistics of
     the training episodes since the last checkpoint instead (stochastic policy; no extra compile)."""
+    video_envs: int = 0
+    """At every checkpoint, an mp4 per level of the first seed's deterministic expert on this many
+    environments side by side (videos/<level>_update_XXXXXX.mp4); 0 = no videos."""
     seed: int = 0
     progress: bool = True
 
     def __post_init__(self):
+        if self.video_envs < 0:
+            raise ValueError(f"video_envs must be >= 0, got {self.video_envs}")
         for name in ("num_seeds", "checkpoint_every", "updates_per_call"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -99,6 +104,7 @@ def train_experts(
            "obs_dim": env.obs_dim, "action_dim": env.action_dim, **(run_info or {})}
     resume_key = checkpoints.to_jsonable({**run, "settings": dataclasses.replace(settings, progress=True)})
     resume_key["settings"].pop("ppo")
+    resume_key["settings"].pop("video_envs")  # videos do not shape the results: free to change on resume
     resume_key["ppo"] = {k: v for k, v in checkpoints.to_jsonable(cfg).items() if k != "total_timesteps"}
     run_file = out / RUN_FILE
     if run_file.is_file():
@@ -140,6 +146,11 @@ def train_experts(
         return jax.vmap(lambda p, lv, k: ppo.evaluate_expert(env, p, lv, k, settings.num_eval_envs, num_motors,
                                                              episode_steps))(params, learner_levels, keys)
 
+    if settings.num_eval_envs > 0 and start < cfg.num_updates:  # both programs compile side by side
+        mask = jnp.arange(settings.updates_per_call) < settings.updates_per_call
+        parallel.precompile([(many_updates, (runner, learner_levels, mask)),
+                             (evaluate, (runner.params, learner_levels, jax.random.key(0)))])
+
     # Training-episode statistics since the last checkpoint (used when num_eval_envs == 0).
     train_sums = np.zeros((4, num_learners))  # episodes, solved, return, length
 
@@ -161,8 +172,23 @@ def train_experts(
         train_sums[:] = 0
         return out
 
+    record = jax.jit(lambda p, lv, k: ppo.record_episode(env, p, lv, k, settings.video_envs, num_motors, episode_steps))
+
+    def write_videos(update_index: int, host_params) -> None:
+        from rtchunk.kinetix import video
+
+        host_levels = jax.device_get(learner_levels)
+        for i, name in enumerate(names):
+            j = i * num_seeds  # the first seed's learner of this level
+            level = jax.tree.map(lambda x: x[j], host_levels)
+            states = record(jax.tree.map(lambda x: x[j], host_params), level, jax.random.key(update_index))
+            video.write_mp4(out / "videos" / f"{name}_update_{update_index:06d}.mp4",
+                            video.tile(video.render_frames(env, level, states)))
+
     def save(update_index: int, with_checkpoint: bool):
         host = jax.device_get(runner)
+        if with_checkpoint and settings.video_envs:
+            write_videos(update_index, host.params)
         if with_checkpoint:
             stats = learner_stats(update_index)
             rows = _stat_rows(stats, names, num_seeds, update_index, update_index * cfg.steps_per_update)

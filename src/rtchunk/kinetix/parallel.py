@@ -61,3 +61,21 @@ def process_subdir() -> str:
     if jax.process_count() == 1:
         return ""
     return f"process_{jax.process_index()}_of_{jax.process_count()}"
+
+
+def precompile(calls: Sequence[tuple], workers: int = 2) -> int:
+    """Compile several jitted calls ``(fn, args)`` side by side; returns how many were compiled.
+
+    XLA compiles one program on one core, so the programs a stage needs one after another (a training
+    step and its evaluation, one rollout per method) otherwise leave the other cores idle for the tens
+    of seconds the physics takes to compile. The executables land in JAX's persistent compilation cache,
+    from which the real calls load them; without that cache this would compile everything twice, so it
+    then does nothing.
+    """
+    if not jax.config.jax_compilation_cache_dir or len(calls) < 2:
+        return 0
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda call: call[0].lower(*call[1]).compile(), calls))
+    return len(calls)

@@ -289,3 +289,19 @@ def evaluate_expert(env, params: Params, level, rng: jax.Array, num_envs: int, n
     init = (obs, state, jnp.zeros(num_envs, bool), zeros, zeros.astype(jnp.int32), jnp.zeros(num_envs, bool))
     (_, _, finished, ret, length, solved), _ = jax.lax.scan(body, init, jax.random.split(rng, max_steps))
     return {"return": ret, "length": length, "solved": solved & finished, "finished": finished}
+
+
+def record_episode(env, params: Params, level, rng: jax.Array, num_envs: int, num_motors: int, max_steps: int):
+    """Environment states [max_steps + 1, num_envs] of the deterministic expert from a reset (for videos):
+    the physics state where the environment has one, else the whole state."""
+    obs, state = env.reset_batch(rng, level, num_envs)
+
+    def body(carry, key):
+        obs, state = carry
+        action, _, _ = act(params, obs, key, num_motors, deterministic=True)
+        obs, state, _, _, _ = env.step_batch(key, state, action, level)
+        return (obs, state), getattr(state, "physics", state)
+
+    _, states = jax.lax.scan(body, (obs, state), jax.random.split(rng, max_steps))
+    first = jax.tree.map(lambda x: x[None], getattr(state, "physics", state))
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, states)
