@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import itertools
 import json
 import math
 import threading
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rtchunk.runtime.robots import SimulatedRobot
 
 LIVE_METHODS = ("naive", "rtc", "trained_prefix")
 
@@ -145,7 +148,7 @@ class ClipDelay:
         return self.policy(observation, prev_chunk_leftover, estimated_delay, execute_horizon)
 
 
-class KinetixRobot:
+class KinetixRobot(SimulatedRobot):
     """One Kinetix environment as the runtime's robot: ``act`` steps it once (a jitted step).
 
     Counts finished episodes (return, length, solved; the environment resets itself) and keeps the
@@ -155,29 +158,26 @@ class KinetixRobot:
     def __init__(self, env, level, step_fn, episodes: int, seed: int, keep_states: bool):
         import jax
 
-        self.env, self._step = env, step_fn
-        self.level = jax.device_put(level)  # once, not a host-to-device copy of every leaf per tick
+        level = jax.device_put(level)  # once, not a host-to-device copy of every leaf per tick
+        key = jax.random.key(seed)
+        ticks = itertools.count(1)
+        obs, state = env.reset(key, level)
+
+        def step(state, action):
+            obs, state, *episode = step_fn(key, np.int32(next(ticks)), state, np.asarray(action, np.float32), level)
+            return state, obs, episode
+
+        super().__init__(step, state, obs, on_step=self._record)
         self.episodes = episodes
-        self._key = jax.random.key(seed)
-        obs, self.state = env.reset(self._key, level)
-        self.observation = np.asarray(obs)
         self.results: list[dict] = []
         self.finished = threading.Event()
         self._keep = keep_states
-        self.first_episode: list = [self.state.physics] if keep_states else []
-        self._t = 0
+        self.first_episode: list = [state.physics] if keep_states else []
 
-    def observe(self):
-        return self.observation
-
-    def act(self, action):
-        self._t += 1
-        obs, self.state, done, ret, length, solved = self._step(
-            self._key, np.int32(self._t), self.state, np.asarray(action, np.float32), self.level
-        )
-        self.observation = np.asarray(obs)
+    def _record(self, state, observation, episode, action) -> None:
+        done, ret, length, solved = episode
         if self._keep and not self.results:
-            self.first_episode.append(self.state.physics)
+            self.first_episode.append(state.physics)
         if bool(done) and len(self.results) < self.episodes:
             self.results.append({"return": float(ret), "length": int(length), "solved": bool(solved)})
             if len(self.results) >= self.episodes:
