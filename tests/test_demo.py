@@ -56,8 +56,8 @@ def test_every_stage_leaves_its_output(demo_run):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["timings_s"]) >= {"experts", "data", "policy", "policy_rtc", "eval", "report", "total"}
     assert "results CSV:" in stdout and "Solve rate" in stdout
-    # Both methods' rollouts were compiled side by side into the persistent cache before the first row.
-    assert "compiled 2 rollouts in parallel" in stdout
+    # Both methods share one rollout program (a switch picks the method): the physics compiles once.
+    assert "2 method(s) in 1 rollout program(s)" in stdout
 
 
 def test_a_second_run_resumes_everything(demo_run):

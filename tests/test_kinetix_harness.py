@@ -53,8 +53,8 @@ ENV = CounterEnv()
 BASE = ev.HarnessConfig(num_envs=8, horizon=H, rollout_steps=T, estimator=delays.MaxEstimator(WINDOW))
 
 
-def run(profile, s, config=BASE, level=T, initial_estimate=None, seed=0):
-    spec = ev.delay_spec(profile, s, config.horizon, initial_estimate)
+def run(profile, s, config=BASE, level=T, initial_estimate=None, seed=0, delay_contract="horizon"):
+    spec = ev.delay_spec(profile, s, config.horizon, initial_estimate, delay_contract)
     return ev.rollout(ENV, jnp.int32(level), ev.scripted_chunk_fn, None, spec, jax.random.key(seed), config)
 
 
@@ -143,9 +143,8 @@ def test_stochastic_delays_per_environment_per_chunk():
 
 
 def test_told_delay_is_clipped_for_methods_that_freeze_the_overlap():
-    config = dataclasses.replace(BASE, delay_contract="overlap")
     profile = delays.MixtureDelay((1, 3), (0.5, 0.5))
-    rec = run(profile, 2, config=config, initial_estimate=3)
+    rec = run(profile, 2, initial_estimate=3, delay_contract="overlap")
     check_against_reference(rec, 2, told_max=H - 2, initial=3)
     told = rec.told_delay[rec.cycle_start]
     assert told.max() == H - 2
@@ -206,11 +205,34 @@ def test_one_compile_serves_every_delay_and_execute_horizon():
     assert fn._cache_size() == max(before, 1)
 
 
+def _reversed_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
+    """The scripted policy's chunk played backwards: a second, different policy for the switch."""
+    return ev.scripted_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng)[:, ::-1]
+
+
+def test_a_switched_rollout_runs_exactly_the_chosen_policy():
+    switched = ev.switched_chunk_fn((ev.scripted_chunk_fn, _reversed_chunk_fn))
+    assert switched is ev.switched_chunk_fn((ev.scripted_chunk_fn, _reversed_chunk_fn))  # one object, one compile
+    spec = ev.delay_spec(delays.MixtureDelay((0, 1, 3), (0.4, 0.4, 0.2)), 2, H, delay_contract="overlap")
+    fn, _ = ev.compiled_rollout(ENV, switched, BASE)
+    for index, plain in enumerate((ev.scripted_chunk_fn, _reversed_chunk_fn)):
+        expected = ev.rollout(ENV, jnp.int32(T), plain, None, spec, jax.random.key(5), BASE)
+        got = ev.rollout(ENV, jnp.int32(T), switched, ev.switched_params(index, (None, None)), spec,
+                         jax.random.key(5), BASE)
+        for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
+            np.testing.assert_array_equal(a, b)
+    assert fn._cache_size() == 1  # both branches from one compiled program
+    with pytest.raises(ValueError, match="one entry per chunk function"):
+        ev.rollout(ENV, jnp.int32(T), switched, ev.switched_params(0, (None,)), spec, jax.random.key(5), BASE)
+
+
 def test_bad_arguments_are_rejected():
     with pytest.raises(ValueError, match="execute_horizon"):
         ev.delay_spec(delays.FixedDelay(1), 0, H)
     with pytest.raises(ValueError, match="execute_horizon"):
         ev.delay_spec(delays.FixedDelay(1), H + 1, H)
+    with pytest.raises(ValueError, match="delay_contract"):
+        ev.delay_spec(delays.FixedDelay(1), 1, H, delay_contract="prefix")
     with pytest.raises(ValueError, match="execution"):
         ev.HarnessConfig(execution="average")
     with pytest.raises(ValueError, match="num_envs"):

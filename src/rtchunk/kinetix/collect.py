@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from rtchunk.kinetix import ppo
+from rtchunk.kinetix import parallel, ppo
 from rtchunk.kinetix.dataset import Dataset
 
 
@@ -71,7 +71,12 @@ def collect(
     k_reset, k_pick, k_run = jax.random.split(rng, 3)
     obs, state = env.reset_batch(k_reset, level, num_envs)
     carry = (obs, state, jax.random.randint(k_pick, (num_envs,), 0, num_experts), k_run)
-    segment = min(segment, num_steps)
+    # Environments are split over this process's devices (the keys are drawn for the whole batch, so the
+    # data does not depend on the split).
+    envs_sharding = parallel.level_sharding(num_envs)
+    carry = (*jax.device_put(carry[:3], envs_sharding), carry[3])
+    # Segments of equal length that add up to num_steps (or just over): no step is simulated in vain.
+    segment = -(-num_steps // -(-num_steps // min(segment, num_steps)))
     run = make_collector(env, num_motors, policy_obs, segment)
     parts = []
     with tqdm(total=num_steps * num_envs, desc=desc, unit="step", unit_scale=True, disable=not progress) as bar:

@@ -13,7 +13,8 @@ The first chunk is computed synchronously from o_0 (no previous chunk).
 The sampler is told an *estimate* of the delay: the estimator (default: max of the last 10 observed
 delays, the paper's Algorithm 1) over that environment's observed delays, starting from
 ``initial_estimate``. Methods whose contract needs d <= H - s (RTC, hard masking, Jacobian-free,
-trained prefix) are told min(estimate, H - s); ``p_violate`` counts how often the actual delay broke it.
+trained prefix) are told min(estimate, H - s), the others min(estimate, H) (``delay_spec``'s
+``delay_contract``); ``p_violate`` counts how often the actual delay broke d <= H - s.
 The previous chunk handed to the sampler is the chunk being executed, shifted to the new chunk's first
 step, with entries past its end filled with its last action (what the controller would hold).
 
@@ -27,9 +28,11 @@ inference_delay [B] int32, execute_horizon [] int32, rng) -> chunk [B, H, A]``: 
 serves every level and every checkpoint of the same shapes. ``prev_chunk`` is None for the synchronous
 first chunk. ``policy_chunk_fn`` builds one from a FlowPolicy and a sampling method;
 ``scripted_chunk_fn`` is a policy whose actions say which chunk and index they came from (for tests).
+``switched_chunk_fn`` puts several chunk functions into one rollout, picked by a traced index: the
+physics, most of a rollout's compile time, then compiles once for all the methods of a sweep.
 
-Execute horizon, delay distribution and initial estimate are traced arguments: a sweep over d and s
-compiles the rollout once per method. Randomness is drawn per environment from that environment's own
+Execute horizon, delay distribution, delay contract and initial estimate are traced arguments: a sweep
+over d and s compiles the rollout once (once per method without a switch). Randomness is drawn per environment from that environment's own
 key, so results do not depend on how environments are split over devices (except BID's extra
 candidates, which the sampler draws for the whole per-device batch).
 """
@@ -106,6 +109,41 @@ def policy_chunk_fn(graphdef, method: Method, num_steps: int = 5, weak_policy: b
     return _policy_chunk_fn(graphdef, method, num_steps, weak_policy)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class SwitchedChunkFn:
+    """Several chunk functions as one: ``params = (index, (params_0, ..., params_n-1))`` runs
+    ``chunk_fns[index]`` with its own params (``lax.switch``: only that branch executes). The branches
+    may hold different policies and methods; they must return chunks of one shape."""
+
+    chunk_fns: tuple
+
+    def __post_init__(self):
+        if not self.chunk_fns:
+            raise ValueError("switched_chunk_fn needs at least one chunk function")
+
+    def __call__(self, params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
+        index, each = params
+        if len(each) != len(self.chunk_fns):
+            raise ValueError(f"params must hold one entry per chunk function ({len(self.chunk_fns)}), got {len(each)}")
+        branches = [functools.partial(self._branch, i) for i in range(len(self.chunk_fns))]
+        return jax.lax.switch(index, branches, each, obs, noise, prev_chunk, inference_delay, execute_horizon, rng)
+
+    def _branch(self, i, each, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
+        chunk = self.chunk_fns[i](each[i], obs, noise, prev_chunk, inference_delay, execute_horizon, rng)
+        return chunk.astype(jnp.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def switched_chunk_fn(chunk_fns: tuple) -> SwitchedChunkFn:
+    """One chunk function for several (the same tuple gives the same object: one compile)."""
+    return SwitchedChunkFn(tuple(chunk_fns))
+
+
+def switched_params(index: int, params: tuple) -> tuple:
+    """The params of branch ``index`` of a ``SwitchedChunkFn`` (strongly typed: no recompile per index)."""
+    return np.int32(index), tuple(params)
+
+
 def scripted_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
     """A policy for checking execution: ``chunk[b, i] = (id, i, told delay, prev_chunk[b, i, 1], 0, ...)``.
 
@@ -141,8 +179,6 @@ class HarnessConfig:
     ensemble_decay: float = 0.01
     """Temporal ensembling: weight exp(-decay * k) for the k-th chunk (ACT's m)."""
     estimator: delays_lib.DelayEstimator = delays_lib.MaxEstimator(window=10)
-    delay_contract: DelayContract = "horizon"
-    """'overlap': tell the sampler min(estimate, H - s); 'horizon': min(estimate, H)."""
     record_states: int = 0
     """Keep the physics states of this many environments (per device) for videos."""
     max_devices: int | None = None
@@ -159,8 +195,6 @@ class HarnessConfig:
             raise ValueError(f"rollout_steps must be an integer >= 1, got {self.rollout_steps!r}")
         if self.execution not in ("latest", "ensemble"):
             raise ValueError(f"execution must be 'latest' or 'ensemble', got {self.execution!r}")
-        if self.delay_contract not in ("overlap", "horizon"):
-            raise ValueError(f"delay_contract must be 'overlap' or 'horizon', got {self.delay_contract!r}")
         if not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
             raise ValueError(f"ensemble_decay must be a finite number >= 0, got {self.ensemble_decay}")
         if self.record_states < 0:
@@ -169,17 +203,21 @@ class HarnessConfig:
 
 @struct.dataclass
 class DelaySpec:
-    """The traced part of an evaluation: execute horizon and the delay distribution."""
+    """The traced part of an evaluation: execute horizon, the delay distribution, what the sampler is told."""
 
     execute_horizon: jax.Array  # int32 []
     delay_values: jax.Array  # int32 [K]
     delay_probs: jax.Array  # float32 [K]
     initial_estimate: jax.Array  # int32 []
+    told_max: jax.Array  # int32 []: the sampler is told min(estimate, told_max)
 
 
 def delay_spec(profile: delays_lib.DelayProfile, execute_horizon: int, horizon: int,
-               initial_estimate: int | None = None) -> DelaySpec:
+               initial_estimate: int | None = None, delay_contract: DelayContract = "horizon") -> DelaySpec:
     """Check s and the profile against H and pack them as arrays (the initial estimate defaults to the median).
+
+    ``delay_contract``: 'overlap' tells the sampler min(estimate, H - s) (methods that freeze actions of
+    the previous chunk, see ``delay_contract(method)``); 'horizon' tells it min(estimate, H).
 
     The support is padded with zero-probability entries to 8 values (or the next power of two), so fixed
     and stochastic profiles share one compiled rollout.
@@ -191,6 +229,8 @@ def delay_spec(profile: delays_lib.DelayProfile, execute_horizon: int, horizon: 
         initial_estimate = delays_lib.quantile(profile, 0.5)
     if not isinstance(initial_estimate, (int, np.integer)) or initial_estimate < 0:
         raise ValueError(f"initial_estimate must be an integer >= 0, got {initial_estimate!r}")
+    if delay_contract not in ("overlap", "horizon"):
+        raise ValueError(f"delay_contract must be 'overlap' or 'horizon', got {delay_contract!r}")
     size = max(8, 1 << (len(values) - 1).bit_length())
     pad = size - len(values)
     return DelaySpec(
@@ -198,6 +238,7 @@ def delay_spec(profile: delays_lib.DelayProfile, execute_horizon: int, horizon: 
         delay_values=np.concatenate([values, np.zeros(pad)]).astype(np.int32),
         delay_probs=np.concatenate([probs, np.zeros(pad)]).astype(np.float32),
         initial_estimate=np.int32(initial_estimate),
+        told_max=np.int32(horizon - execute_horizon if delay_contract == "overlap" else horizon),
     )
 
 
@@ -248,7 +289,7 @@ def _make_local_rollout(env, chunk_fn, config: HarnessConfig, steps: int):
         policy_key = jax.random.fold_in(keys[0], 3)
         at_step = lambda ks, t: jax.vmap(jax.random.fold_in, (0, None))(ks, t)  # noqa: E731
         s = spec.execute_horizon
-        told_max = horizon - s if config.delay_contract == "overlap" else jnp.int32(horizon)
+        told_max = spec.told_max
         logits = jnp.log(spec.delay_probs)
 
         def noise_at(t):
@@ -472,9 +513,10 @@ class Evaluation:
 
 def evaluate(env, level, chunk_fn: ChunkFn, params, *, execute_horizon: int,
              profile: delays_lib.DelayProfile = delays_lib.FixedDelay(0), rng: jax.Array | None = None,
-             config: HarnessConfig = HarnessConfig(), initial_estimate: int | None = None) -> Evaluation:
+             config: HarnessConfig = HarnessConfig(), initial_estimate: int | None = None,
+             delay_contract: DelayContract = "horizon") -> Evaluation:
     """Roll out and summarize one configuration (the rollout compiles once per env/chunk_fn/config)."""
-    spec = delay_spec(profile, execute_horizon, config.horizon, initial_estimate)
+    spec = delay_spec(profile, execute_horizon, config.horizon, initial_estimate, delay_contract)
     rng = jax.random.key(0) if rng is None else rng
     start = time.perf_counter()
     records = rollout(env, level, chunk_fn, params, spec, rng, config)

@@ -513,44 +513,64 @@ def run(config: EvalConfig) -> Path:
     print(f"{len(todo)} configurations ({len(todo) - len(remaining)} already in {path}); "
           f"{len(jax.devices())} device(s), {config.num_envs} environments each", file=sys.stderr)
 
-    # One method object per name: the compiled rollout is cached per (method, policy architecture).
+    # One method object per name (chunk functions, and with them compiled rollouts, are cached by identity).
     methods = {name: make_method(name, config) for name in config.methods}
 
-    def job(method: str, point: GridPoint, li: int):
-        """What one row evaluates: (policy, chunk_fn, harness config, params)."""
-        sampler, execution = methods[method]
+    # The methods that share a harness (all but temporal ensembling) share one rollout program, in which a
+    # switch picks the method: the physics, most of a rollout's compile time, compiles once for all of them.
+    # The group holds every method of the sweep, not only the remaining ones, so a resumed sweep finds the
+    # same program in the persistent compilation cache.
+    groups: dict[str, list[str]] = {}
+    for name in config.methods:
+        groups.setdefault(methods[name][1], []).append(name)
+
+    def branch(method: str, li: int):
+        sampler = methods[method][0]
         policy = (prefix_policies if method == "trained_prefix" else policies)[li]
         weak = policy.weak_params is not None and method == "bid"
         chunk_fn = evaluate.policy_chunk_fn(policy.graphdef, sampler, config.num_flow_steps, weak_policy=weak)
+        return policy, chunk_fn, (policy.params, policy.weak_params) if weak else policy.params
+
+    def job(method: str, point: GridPoint, li: int):
+        """What one row evaluates: (policy, chunk_fn, harness config, params, delay contract)."""
+        sampler, execution = methods[method]
+        group = groups[execution]
+        branches = [branch(m, li) for m in group]
+        index = group.index(method)
+        chunk_fn = evaluate.switched_chunk_fn(tuple(b[1] for b in branches))
+        params = evaluate.switched_params(index, tuple(b[2] for b in branches))
         harness = evaluate.HarnessConfig(
             num_envs=config.num_envs, horizon=horizon, execution=execution,
             ensemble_decay=config.ensemble_decay,
             estimator=delays_lib.MaxEstimator(window=config.estimator_window),
-            delay_contract=evaluate.delay_contract(sampler), record_states=config.video_envs,
-            fast_compile=config.fast_compile,
+            record_states=config.video_envs, fast_compile=config.fast_compile,
         )
-        params = (policy.params, policy.weak_params) if weak else policy.params
-        return policy, chunk_fn, harness, params
+        return branches[index][0], chunk_fn, harness, params, evaluate.delay_contract(sampler)
 
-    # One rollout program per method: compile them side by side before the first row needs one.
+    # One rollout program per group (and level architecture): compile them side by side before the first
+    # row needs one.
     firsts = {}
     for _, method, point, li in remaining:
-        firsts.setdefault(method, (method, point, li))
-    jobs = []
+        firsts.setdefault((methods[method][1], li), (method, point, li))
+    jobs, programs = [], set()
     for method, point, li in firsts.values():
-        _, chunk_fn, harness, params = job(method, point, li)
-        jobs.append((env, arrays[li], chunk_fn, params, point.s, point.profile, harness, config.initial_estimate))
+        _, chunk_fn, harness, params, _ = job(method, point, li)
+        if (chunk_fn, harness) not in programs:
+            programs.add((chunk_fn, harness))
+            jobs.append((env, arrays[li], chunk_fn, params, point.s, point.profile, harness, config.initial_estimate))
+    if jobs:
+        print(f"{len(config.methods)} method(s) in {len(jobs)} rollout program(s)", file=sys.stderr)
     if evaluate.precompile(jobs):
         print(f"compiled {len(jobs)} rollouts in parallel", file=sys.stderr)
     writer = ResultsWriter(path)
     bar = tqdm(total=len(remaining), disable=not config.progress, desc="eval", unit="cfg")
     try:
         for row_key, method, point, li in remaining:
-            policy, chunk_fn, harness, params = job(method, point, li)
+            policy, chunk_fn, harness, params, contract = job(method, point, li)
             rng = jax.random.fold_in(jax.random.key(config.seed), li)
             result = evaluate.evaluate(
                 env, arrays[li], chunk_fn, params, execute_horizon=point.s, profile=point.profile, rng=rng,
-                config=harness, initial_estimate=config.initial_estimate,
+                config=harness, initial_estimate=config.initial_estimate, delay_contract=contract,
             )
             row = dict(zip(KEY_COLUMNS, row_key))
             row.update(result.metrics)

@@ -32,8 +32,17 @@ def _renderer(env, downscale: int):
 
 
 def render_frames(env, level, physics_states, downscale: int = 2) -> np.ndarray:
-    """Frames [T, N, height, width, 3] (uint8) of physics states [T, N] of one level."""
-    return np.asarray(_renderer(env, downscale)(physics_states, level))
+    """Frames [T, N, height, width, 3] (uint8) of physics states [T, N] of one level.
+
+    The frames are rendered on all of this process's devices, a share of the time steps each."""
+    from rtchunk.kinetix.parallel import level_sharding
+
+    steps = jax.tree.leaves(physics_states)[0].shape[0]
+    devices = len(jax.local_devices())
+    pad = -steps % devices
+    padded = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]), physics_states)
+    frames = _renderer(env, downscale)(jax.device_put(padded, level_sharding(steps + pad)), level)
+    return np.asarray(frames)[:steps]
 
 
 def tile(frames: np.ndarray, gap: int = 4) -> np.ndarray:
@@ -66,8 +75,13 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
 
 
 def write_rollout_video(path: Path, env, level, records, num_envs: int, fps: int = 25, downscale: int = 2) -> Path:
-    """The first ``num_envs`` environments of an evaluation (recorded with ``record_states``), side by side."""
+    """The first ``num_envs`` environments of an evaluation (recorded with ``record_states``), side by side,
+    until the last of their first episodes ends (what the evaluation scores)."""
     if records.states is None:
         raise ValueError("the evaluation recorded no states; run it with HarnessConfig(record_states=N)")
-    states = jax.tree.map(lambda x: x[:, :num_envs], records.states)
-    return write_mp4(path, tile(render_frames(env, level, states, downscale)), fps)
+    done = np.asarray(records.done)[:, :num_envs]
+    steps = done.shape[0]
+    end = int(np.max(np.where(done.any(axis=0), done.argmax(axis=0) + 1, steps)))
+    # All steps are rendered (one compiled renderer for every video of a run), only the scored ones kept.
+    states = jax.tree.map(lambda x: np.asarray(x)[:, :num_envs], records.states)
+    return write_mp4(path, tile(render_frames(env, level, states, downscale)[:end]), fps)
