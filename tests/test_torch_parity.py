@@ -134,14 +134,16 @@ def test_time_table_matches_dense_time_and_jax(policies, inputs):
     from rtchunk.sampling import TimeTable as JaxTimeTable
     from rtchunk.torch.sampling import TimeTable
 
-    values = np.array([0.2, 1.0, 0.6], np.float32)
-    index = np.random.RandomState(2).randint(0, 3, (B, H))
     obs, x = torch.from_numpy(inputs["obs"]), torch.from_numpy(inputs["noise"])
-    with torch.no_grad():
-        table = TimeTable(torch.from_numpy(values), torch.from_numpy(index))
-        got = policies["torch"](obs, x, table)
-        dense = policies["torch"](obs, x, table.dense((B, H)))
-    np.testing.assert_allclose(got.numpy(), dense.numpy(), atol=1e-5)
-    want = np.asarray(policies["jax"](jnp.asarray(inputs["obs"]), jnp.asarray(inputs["noise"]),
-                                      JaxTimeTable(jnp.asarray(values), jnp.asarray(index))))
-    np.testing.assert_allclose(got.numpy(), want, atol=TOLERANCE)
+    # Any number of distinct times (TrainedPrefix uses two); an index [1, H] broadcasts over the batch.
+    for values, rows in (([0.2, 1.0, 0.6], B), ([0.4, 1.0], B), ([0.4, 1.0], 1)):
+        values = np.array(values, np.float32)
+        index = np.random.RandomState(2).randint(0, len(values), (rows, H))
+        with torch.no_grad():
+            table = TimeTable(torch.from_numpy(values), torch.from_numpy(index))
+            got = policies["torch"](obs, x, table)
+            dense = policies["torch"](obs, x, table.dense((B, H)))
+        np.testing.assert_allclose(got.numpy(), dense.numpy(), atol=1e-5)
+        want = np.asarray(policies["jax"](jnp.asarray(inputs["obs"]), jnp.asarray(inputs["noise"]),
+                                          JaxTimeTable(jnp.asarray(values), jnp.asarray(index))))
+        np.testing.assert_allclose(got.numpy(), want, atol=TOLERANCE)

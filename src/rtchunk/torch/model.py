@@ -64,10 +64,11 @@ def _gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 def _modulation(linear: nn.Linear, time) -> torch.Tensor:
-    """The modulation of every token: computed on the time features, looked up by index if tabled."""
+    """The modulation of every token: computed on the time features, looked up by index if tabled (an
+    embedding lookup: the cheapest gather in eager PyTorch, about as costly as one small add)."""
     features, index = time
     out = linear(features)
-    return out if index is None else out[index]
+    return out if index is None else F.embedding(index, out)
 
 
 class MixerBlock(nn.Module):
@@ -131,7 +132,7 @@ class FlowPolicy(nn.Module):
                 raise ValueError(f"TimeTable must hold values [K] and index [1 or {batch}, {self.config.horizon}], "
                                  f"got {tuple(values.shape)} and {tuple(index.shape)}")
             emb = sincos_embedding(values, self.config.channel_dim).to(self.in_proj.weight.dtype)
-            return F.silu(self.time_mlp_2(F.silu(self.time_mlp_1(emb)))), index
+            return F.silu(self.time_mlp_2(F.silu(self.time_mlp_1(emb)))), index.long()
         tau = torch.as_tensor(tau, dtype=torch.float32, device=self.in_proj.weight.device)
         if tau.ndim == 0:
             tau = tau.reshape(1, 1)

@@ -273,11 +273,10 @@ def _trained_prefix(velocity_fn, noise, prev_chunk, delay, num_steps):
         prev_chunk = torch.zeros_like(noise)
     clamp = lambda x: torch.where(prefix[..., None], prev_chunk, x)  # noqa: E731
 
-    # With one delay for the whole batch the per-token times are [1, H]: H time embeddings whatever the
-    # batch, computed directly. Per-sample delays make them [B, H]; then a table of the two distinct times
-    # (two embeddings, looked up per token) is cheaper, if the velocity function accepts one. (Eager
-    # PyTorch pays per operation, so the table's lookups would cost more than they save at [1, H].)
-    tabled = prefix.shape[0] > 1 and getattr(velocity_fn, "accepts_time_table", False)
+    # Per-token times take two values, the flow time and the prefix's 1: a velocity function that accepts
+    # a table computes the time features (and every modulation) for those two only, instead of for each
+    # of the [1 or B, H] tokens.
+    tabled = getattr(velocity_fn, "accepts_time_table", False)
     index = prefix.long()
     one = torch.ones((), dtype=noise.dtype, device=noise.device)
 
