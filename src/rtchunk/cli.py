@@ -18,7 +18,7 @@ from pathlib import Path
 
 # name -> (module:function, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("rtchunk.demo:main", "the whole pipeline on one level, sized for a laptop CPU (about 15 min)"),
+    "demo": ("rtchunk.demo:main", "the whole pipeline on one level, sized for a laptop CPU (about 13 min)"),
     "sample-demo": ("rtchunk.sample_demo:main", "sample chunks with every method from a random policy (no training)"),
     "levels": ("rtchunk.kinetix.levels_cli:main", "list, describe and shrink Kinetix levels"),
     "eval": ("rtchunk.kinetix.sweep:main", "simulated-delay sweep: levels x methods x delays x execute horizons -> CSV"),

@@ -99,7 +99,7 @@ def find_checkpoint(directory: Path, level: str | None = None) -> Path:
     from rtchunk.kinetix.sweep import _checkpoint_for
 
     directory = Path(directory)
-    how = ("train one with `rtchunk demo` (the whole pipeline, about 15 min on a laptop CPU) or "
+    how = ("train one with `rtchunk demo` (the whole pipeline, about 13 min on a laptop CPU) or "
            "`rtchunk train-policy`, or point --policy-dir / --trained-prefix-policy-dir at a checkpoint")
     if not directory.exists():
         raise NoTrainedPolicy(f"no trained policy at {directory}: {how}")
