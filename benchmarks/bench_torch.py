@@ -3,8 +3,8 @@
     python benchmarks/bench_torch.py                 # batch 1 and 64, default model (the papers' Kinetix policy)
     python benchmarks/bench_torch.py --batches 1 --repeats 50 --threads 1
 
-The methods are timed in interleaved rounds (one call of each per round) and each is summarised by its
-median, so a slow phase of a shared machine hits them all alike; ratios are what to compare across
+The methods are timed in interleaved rounds (one call of each per round, in a new random order each
+round) and each is summarised by its median, so a slow phase of a shared machine hits them all alike; ratios are what to compare across
 machines. BID (N candidates) is timed in the first ``bid_repeats`` rounds only. Targets (issue 2, the same as for the JAX core): RTC <= 2.5x, TrainedPrefix <= 1.1x,
 JacobianFree <= 1.2x Naive.
 """
@@ -12,6 +12,7 @@ JacobianFree <= 1.2x Naive.
 from __future__ import annotations
 
 import dataclasses
+import random
 import statistics
 import time
 from typing import Literal
@@ -85,8 +86,10 @@ def bench_batch(config: BenchTorchConfig, strong: FlowPolicy, weak: FlowPolicy, 
         one_chunk(method)
     clock = time.perf_counter if config.clock == "wall" else time.process_time
     times: dict[str, list[float]] = {name: [] for name in methods}
+    order = random.Random(config.seed + batch)
     for round_ in tqdm(range(config.repeats), desc=f"batch {batch}", leave=False):
-        for name, method in methods.items():
+        # A new order every round: whatever runs first or after BID's large allocations is not always the same method.
+        for name, method in order.sample(list(methods.items()), len(methods)):
             if isinstance(method, BID) and round_ >= config.bid_repeats:
                 continue
             start = clock()
