@@ -9,6 +9,7 @@ episode statistics.
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -76,7 +77,8 @@ def collect(
     envs_sharding = parallel.level_sharding(num_envs)
     carry = (*jax.device_put(carry[:3], envs_sharding), carry[3])
     # Segments of equal length that add up to num_steps (or just over): no step is simulated in vain.
-    segment = -(-num_steps // -(-num_steps // min(segment, num_steps)))
+    num_segments = math.ceil(num_steps / min(segment, num_steps))
+    segment = math.ceil(num_steps / num_segments)
     run = make_collector(env, num_motors, policy_obs, segment)
     parts = []
     with tqdm(total=num_steps * num_envs, desc=desc, unit="step", unit_scale=True, disable=not progress) as bar:

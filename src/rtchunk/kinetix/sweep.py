@@ -549,11 +549,8 @@ def run(config: EvalConfig) -> Path:
 
     # One rollout program per group (and level architecture): compile them side by side before the first
     # row needs one.
-    firsts = {}
-    for _, method, point, li in remaining:
-        firsts.setdefault((methods[method][1], li), (method, point, li))
     jobs, programs = [], set()
-    for method, point, li in firsts.values():
+    for _, method, point, li in remaining:
         _, chunk_fn, harness, params, _ = job(method, point, li)
         if (chunk_fn, harness) not in programs:
             programs.add((chunk_fn, harness))
