@@ -56,6 +56,7 @@ def _methods(config: BenchTorchConfig, weak_velocity_fn, batch: int):
     return {
         "naive": Naive(),
         "rtc": RTC(),
+        "rtc (inference_mode)": RTC(),
         "hard mask": HardMask(),
         "jacobian-free": JacobianFree(),
         "trained prefix": TrainedPrefix(),
@@ -75,15 +76,16 @@ def bench_batch(config: BenchTorchConfig, strong: FlowPolicy, weak: FlowPolicy, 
         weak_fn = weak.velocity_fn(obs)
     methods = _methods(config, weak_fn, batch)
 
-    def one_chunk(method):
-        # The observation is encoded inside, as a policy would per chunk.
-        with torch.no_grad():
+    def one_chunk(name, method):
+        # The observation is encoded inside, as a policy would per chunk. Under inference_mode the VJP of
+        # the guided methods is torch.func.vjp instead of plain autograd.
+        with torch.inference_mode() if "inference_mode" in name else torch.no_grad():
             velocity_fn = strong.velocity_fn(obs)
-        return sample_chunk(velocity_fn, noise, method, prev_chunk=prev, inference_delay=config.inference_delay,
-                            execute_horizon=config.execute_horizon, num_steps=config.num_steps)
+            return sample_chunk(velocity_fn, noise, method, prev_chunk=prev, inference_delay=config.inference_delay,
+                                execute_horizon=config.execute_horizon, num_steps=config.num_steps)
 
-    for method in methods.values():  # warm-up: allocator, lazy init, vmap plumbing
-        one_chunk(method)
+    for name, method in methods.items():  # warm-up: allocator, lazy init, vmap plumbing
+        one_chunk(name, method)
     clock = time.perf_counter if config.clock == "wall" else time.process_time
     times: dict[str, list[float]] = {name: [] for name in methods}
     order = random.Random(config.seed + batch)
@@ -93,7 +95,7 @@ def bench_batch(config: BenchTorchConfig, strong: FlowPolicy, weak: FlowPolicy, 
             if isinstance(method, BID) and round_ >= config.bid_repeats:
                 continue
             start = clock()
-            one_chunk(method)
+            one_chunk(name, method)
             times[name].append(clock() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 

@@ -221,6 +221,38 @@ def test_guided_sampling_under_no_grad_inference_mode_and_grad_mode():
     assert (plain - jf).abs().max() > 1e-3
 
 
+
+def test_guided_sampling_accepts_inference_tensors_outside_inference_mode():
+    """Noise and prev_chunk made under inference_mode, sampled outside it (plain autograd path)."""
+    velocity_fn = _mlp_velocity()
+    noise, prev = _inputs(2)
+    kwargs = dict(inference_delay=2, execute_horizon=3, num_steps=3)
+    want = ts.sample_chunk(velocity_fn, noise, ts.RTC(), prev_chunk=prev, **kwargs)
+    with torch.inference_mode():
+        noise_i, prev_i = noise.clone(), prev.clone()
+    assert noise_i.is_inference()
+    got = ts.sample_chunk(velocity_fn, noise_i, ts.RTC(), prev_chunk=prev_i, **kwargs)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("mode", ["plain", "inference_mode"])
+def test_velocity_cut_off_from_x_is_an_error_not_a_silent_jacobian_free(mode):
+    """A velocity_fn that runs under no_grad inside would make the VJP the weighted error itself."""
+    velocity_fn = _mlp_velocity()
+
+    def detached(x, tau):
+        with torch.no_grad():
+            return velocity_fn(x, tau)
+
+    noise, prev = _inputs(2)
+    kwargs = dict(prev_chunk=prev, inference_delay=2, execute_horizon=3, num_steps=2)
+    with torch.inference_mode(mode == "inference_mode"):
+        for method in (ts.RTC(), ts.HardMask()):
+            with pytest.raises(ValueError, match="does not depend differentiably on x_t"):
+                ts.sample_chunk(detached, noise, method, **kwargs)
+        ts.sample_chunk(detached, noise, ts.JacobianFree(), **kwargs)  # needs no VJP
+
+
 # -- time conventions --------------------------------------------------------------------------------
 
 
