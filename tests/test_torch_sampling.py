@@ -221,7 +221,6 @@ def test_guided_sampling_under_no_grad_inference_mode_and_grad_mode():
     assert (plain - jf).abs().max() > 1e-3
 
 
-
 def test_guided_sampling_accepts_inference_tensors_outside_inference_mode():
     """Noise and prev_chunk made under inference_mode, sampled outside it (plain autograd path)."""
     velocity_fn = _mlp_velocity()

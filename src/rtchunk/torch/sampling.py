@@ -215,13 +215,16 @@ def _flow_times(num_steps: int, device) -> torch.Tensor:
     return torch.arange(num_steps, dtype=torch.float32, device=device) * (1.0 / num_steps)
 
 
-def _euler(step_velocity, x0: torch.Tensor, num_steps: int) -> torch.Tensor:
-    """x <- x + v(x, tau, i)/n for step i at tau = i/n."""
+def _euler(step_velocity, x0: torch.Tensor, num_steps: int, step_size: torch.Tensor | None = None) -> torch.Tensor:
+    """x <- x + v(x, tau, i)/n for step i at tau = i/n; ``step_size`` (broadcast against x) replaces the
+    1/n, e.g. with zeros where entries must not move."""
     dt = 1.0 / num_steps
     taus = _flow_times(num_steps, x0.device)
     x = x0
     for i in range(num_steps):
-        x = torch.add(x, step_velocity(x, taus[i], i), alpha=dt)  # one operation, not two: it counts at batch 1
+        # One fused operation per step, not two: it counts at batch 1.
+        v = step_velocity(x, taus[i], i)
+        x = torch.add(x, v, alpha=dt) if step_size is None else torch.addcmul(x, step_size, v)
     return x
 
 
@@ -295,25 +298,24 @@ def _trained_prefix(velocity_fn, noise, prev_chunk, delay, num_steps):
     if prev_chunk is None:
         prev_chunk = torch.zeros_like(noise)
     # The prefix starts clean and its Euler steps are multiplied by zero, so x is the clamped chunk at every
-    # step with one fused operation (x + free_dt * v) where clamping would add a select and a multiply.
+    # step with one fused operation (x + step_size * v) where clamping would add a select and a multiply.
     x0 = torch.where(prefix[..., None], prev_chunk, noise)
-    free_dt = torch.where(prefix, 0.0, 1.0 / num_steps).to(noise.dtype)[..., None]  # [1|B, H, 1]
+    step_size = torch.where(prefix, 0.0, 1.0 / num_steps).to(noise.dtype)[..., None]  # [1|B, H, 1]
 
     # Per-token times take two values, the flow time and the prefix's 1: a velocity function that accepts
     # a table computes the time features (and every modulation) for those two only, instead of for each
-    # of the [1 or B, H] tokens. All steps' tables are built at once.
-    taus = _flow_times(num_steps, noise.device)
-    if getattr(velocity_fn, "accepts_time_table", False):
+    # of the [1 or B, H] tokens. The tables' values are stacked once for all steps.
+    tabled = getattr(velocity_fn, "accepts_time_table", False)
+    if tabled:
+        taus = _flow_times(num_steps, noise.device)
         values = torch.stack([taus, torch.ones_like(taus)], dim=1)  # [n, 2]
         index = prefix.long()
-        times = [TimeTable(values[i], index) for i in range(num_steps)]
-    else:
-        one = torch.ones((), dtype=noise.dtype, device=noise.device)
-        times = [torch.where(prefix, one, taus[i]) for i in range(num_steps)]
+    one = torch.ones((), dtype=noise.dtype, device=noise.device)
 
-    x = x0
-    for i in range(num_steps):
-        x = torch.addcmul(x, free_dt, _call(velocity_fn, x, times[i]))
+    def step_velocity(x, tau, i):
+        return _call(velocity_fn, x, TimeTable(values[i], index) if tabled else torch.where(prefix, one, tau))
+
+    x = _euler(step_velocity, x0, num_steps, step_size)
     # As in JAX: the returned prefix is prev_chunk exactly, even if the velocity there was not finite.
     return torch.where(prefix[..., None], prev_chunk, x)
 
