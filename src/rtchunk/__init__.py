@@ -5,37 +5,46 @@ The samplers and the flow policy are importable from the top level::
     import rtchunk
     chunk = rtchunk.sample_chunk(velocity_fn, noise, rtchunk.RTC(), prev_chunk=prev,
                                  inference_delay=2, execute_horizon=3)
+
+Names load on first use (PEP 562), so ``import rtchunk.runtime`` on a robot loads no JAX: the methods are
+backend-free; the samplers and the model import JAX when they are first touched.
 """
 
-from rtchunk.model import FlowPolicy, ModelConfig, TrainingDelays, flow_matching_loss
-from rtchunk.sampling import (
-    BID,
-    RTC,
-    SCHEDULES,
-    HardMask,
-    JacobianFree,
-    Naive,
-    TrainedPrefix,
-    guidance_weight,
-    prefix_weights,
-    sample_chunk,
-)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BID",
-    "RTC",
-    "SCHEDULES",
-    "FlowPolicy",
-    "HardMask",
-    "JacobianFree",
-    "ModelConfig",
-    "Naive",
-    "TrainedPrefix",
-    "TrainingDelays",
-    "flow_matching_loss",
-    "guidance_weight",
-    "prefix_weights",
-    "sample_chunk",
-]
+_EXPORTS = {
+    "BID": "rtchunk.methods",
+    "RTC": "rtchunk.methods",
+    "SCHEDULES": "rtchunk.methods",
+    "HardMask": "rtchunk.methods",
+    "JacobianFree": "rtchunk.methods",
+    "Naive": "rtchunk.methods",
+    "TrainedPrefix": "rtchunk.methods",
+    "MethodSettings": "rtchunk.methods",
+    "make_method": "rtchunk.methods",
+    "TrainingDelays": "rtchunk.delays",
+    "ModelConfig": "rtchunk.model_config",
+    "FlowPolicy": "rtchunk.model",
+    "flow_matching_loss": "rtchunk.model",
+    "guidance_weight": "rtchunk.sampling",
+    "prefix_weights": "rtchunk.sampling",
+    "sample_chunk": "rtchunk.sampling",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rtchunk' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

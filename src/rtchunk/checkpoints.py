@@ -9,7 +9,6 @@ expects and raises ``CheckpointError`` (a ``ValueError``) saying what does not m
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -17,8 +16,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
+
+from rtchunk.files import atomic_write_bytes, atomic_write_text, to_jsonable  # noqa: F401 (re-exported)
 
 ARRAYS = "arrays.safetensors"
 META = "meta.json"
@@ -38,6 +38,8 @@ def _key_name(key) -> str:
 
 def flatten(tree) -> dict[str, np.ndarray]:
     """{'a/b/0/c': array} for every array leaf of a pytree (nnx.State variables unwrapped)."""
+    import jax
+
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         names = [_key_name(k) for k in path]
@@ -47,9 +49,9 @@ def flatten(tree) -> dict[str, np.ndarray]:
     return out
 
 
-def unflatten_like(arrays: dict[str, np.ndarray], like, source: str = "checkpoint"):
-    """Rebuild ``like``'s pytree from ``arrays``, checking names, shapes and dtypes."""
-    expected = flatten(like)
+def check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, np.ndarray], source: str = "checkpoint") -> None:
+    """Raise ``CheckpointError`` naming every array of ``expected`` that ``arrays`` lacks, has extra, or holds
+    with another shape or dtype (numpy only: the PyTorch port loads through it too)."""
     missing = sorted(set(expected) - set(arrays))
     unexpected = sorted(set(arrays) - set(expected))
     problems = []
@@ -63,46 +65,18 @@ def unflatten_like(arrays: dict[str, np.ndarray], like, source: str = "checkpoin
             problems.append(f"{name}: expected {want.dtype}{list(want.shape)}, found {got.dtype}{list(got.shape)}")
     if problems:
         raise CheckpointError(f"{source} does not match the expected structure: " + "; ".join(problems))
+
+
+def unflatten_like(arrays: dict[str, np.ndarray], like, source: str = "checkpoint"):
+    """Rebuild ``like``'s pytree from ``arrays``, checking names, shapes and dtypes."""
+    import jax
+
+    expected = flatten(like)
+    check_arrays(arrays, expected, source)
     leaves, treedef = jax.tree_util.tree_flatten(like)
     names = list(expected)  # same order as tree_flatten
     assert len(names) == len(leaves)
     return jax.tree_util.tree_unflatten(treedef, [arrays[n] for n in names])
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Dataclasses, tuples, numpy scalars and paths as plain JSON values."""
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file under a temporary name in the same directory, then rename it into place."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``atomic_write_text`` for binary files (plots, videos)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(directory: Path, tree, meta: dict[str, Any]) -> Path:
@@ -185,7 +159,8 @@ def load_policy(directory: Path):
     """(FlowPolicy, meta) from a checkpoint written by ``save_policy``."""
     import flax.nnx as nnx
 
-    from rtchunk.model import FlowPolicy, ModelConfig
+    from rtchunk.model import FlowPolicy
+    from rtchunk.model_config import ModelConfig
 
     meta = load_meta(directory)
     if meta.get("kind") != "flow_policy":

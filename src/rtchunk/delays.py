@@ -1,20 +1,25 @@
-"""Inference-delay profiles and delay estimators, shared by the jitted benchmark harness and the runtime.
+"""Inference-delay profiles, delay estimators and training delays, shared by the jitted benchmark harness,
+the runtime and the trainers.
 
 A delay is counted in controller steps: the number of actions that execute between taking an
 observation and the new chunk becoming available. Every profile reduces to a categorical distribution
 over integer delays (``support()``), so it can be sampled inside ``jit`` (``sample``) or with numpy
 (``sample_numpy``) from one definition. An optional ``tail_cap`` clips sampled delays (the tail-control
 setting of the delay-tail experiments).
+
+numpy-level: JAX is imported only by the functions that work on JAX arrays (``sample``, a JAX history
+given to an estimator, ``TrainingDelays.sample``), so the runtime on a robot never loads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from typing import Sequence, Union
 
-import jax
-import jax.numpy as jnp
+from typing import Literal
+
 import numpy as np
 
 
@@ -133,8 +138,11 @@ def quantile(profile: DelayProfile, q: float) -> int:
     return int(values[min(np.searchsorted(np.cumsum(probs), q - 1e-12), len(values) - 1)])
 
 
-def sample(profile: DelayProfile, rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Delays drawn independently for every entry of ``shape`` (jit-compatible; int32)."""
+def sample(profile: DelayProfile, rng, shape: tuple[int, ...]):
+    """Delays drawn independently for every entry of ``shape`` (a JAX key; jit-compatible; int32)."""
+    import jax
+    import jax.numpy as jnp
+
     values, probs = support(profile)
     if len(values) == 1:
         return jnp.full(shape, int(values[0]), jnp.int32)
@@ -155,7 +163,14 @@ def sample_numpy(profile: DelayProfile, rng: np.random.Generator, size=None):
 
 
 def _xp(history):
-    return jnp if isinstance(history, jax.Array) else np  # tracers are jax.Array too
+    """numpy for host histories; jax.numpy for JAX arrays (tracers are jax.Array too). A history that is a
+    JAX array means JAX is already loaded, so looking at sys.modules never imports it."""
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(history, jax.Array):
+        import jax.numpy as jnp
+
+        return jnp
+    return np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,3 +225,47 @@ class FixedEstimator:
 
 
 DelayEstimator = Union[MaxEstimator, QuantileEstimator, FixedEstimator]
+
+
+# -- training-time RTC --------------------------------------------------------------------------------
+
+DelayDistribution = Literal["uniform", "exp"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingDelays:
+    """Training-time RTC: how many leading tokens per sample are given as clean ground truth.
+
+    ``exp`` weighs delay d by exp(-decay * d); the papers' Kinetix setting (``simulated_delay=5``) is
+    min 0, max 4, decay 1, i.e. weights ~ .636/.234/.086/.032/.012.
+    """
+
+    min_delay: int = 0
+    max_delay: int = 4
+    distribution: DelayDistribution = "exp"
+    decay: float = 1.0
+
+    def __post_init__(self):
+        if self.min_delay < 0:
+            raise ValueError(f"min_delay must be >= 0, got {self.min_delay}")
+        if self.max_delay < self.min_delay:
+            raise ValueError(f"max_delay must be >= min_delay ({self.min_delay}), got {self.max_delay}")
+        if self.distribution not in ("uniform", "exp"):
+            raise ValueError(f"distribution must be 'uniform' or 'exp', got {self.distribution!r}")
+        if not math.isfinite(self.decay) or (self.distribution == "exp" and self.decay < 0):
+            raise ValueError(f"decay must be a finite number >= 0, got {self.decay}")
+
+    def probabilities(self) -> np.ndarray:
+        """p(d) for d = 0..max_delay (zero below min_delay)."""
+        d = np.arange(self.max_delay + 1)
+        logits = np.where(d >= self.min_delay, 0.0 if self.distribution == "uniform" else -self.decay * d, -np.inf)
+        p = np.exp(logits - logits.max())
+        return p / p.sum()
+
+    def sample(self, rng, batch: int):
+        """[batch] int32 delays drawn with a JAX key."""
+        import jax
+        import jax.numpy as jnp
+
+        p = jnp.asarray(self.probabilities(), jnp.float32)
+        return jax.random.choice(rng, p.shape[0], (batch,), p=p).astype(jnp.int32)

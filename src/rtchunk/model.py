@@ -8,38 +8,18 @@ identical results.
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from typing import Callable, Literal
+from typing import Callable
 
 import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rtchunk.delays import TrainingDelays
+from rtchunk.model_config import ModelConfig
 from rtchunk.sampling import TimeTable
 
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Sizes of the MLP-Mixer flow policy (defaults: the papers' Kinetix policy)."""
-
-    channel_dim: int = 256
-    channel_hidden_dim: int = 512
-    token_hidden_dim: int = 64
-    num_layers: int = 4
-    horizon: int = 8
-    """Action chunk length H."""
-
-    def __post_init__(self):
-        for name in ("channel_dim", "channel_hidden_dim", "token_hidden_dim", "num_layers", "horizon"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.channel_dim % 2:
-            raise ValueError(f"channel_dim must be even (sin-cos time embedding), got {self.channel_dim}")
 
 
 def sincos_embedding(tau: jax.Array, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> jax.Array:
@@ -193,44 +173,6 @@ class FlowPolicy(nnx.Module):
 
 
 # -- training ----------------------------------------------------------------------------------------
-
-DelayDistribution = Literal["uniform", "exp"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingDelays:
-    """Training-time RTC: how many leading tokens per sample are given as clean ground truth.
-
-    ``exp`` weighs delay d by exp(-decay * d); the papers' Kinetix setting (``simulated_delay=5``) is
-    min 0, max 4, decay 1, i.e. weights ~ .636/.234/.086/.032/.012.
-    """
-
-    min_delay: int = 0
-    max_delay: int = 4
-    distribution: DelayDistribution = "exp"
-    decay: float = 1.0
-
-    def __post_init__(self):
-        if self.min_delay < 0:
-            raise ValueError(f"min_delay must be >= 0, got {self.min_delay}")
-        if self.max_delay < self.min_delay:
-            raise ValueError(f"max_delay must be >= min_delay ({self.min_delay}), got {self.max_delay}")
-        if self.distribution not in ("uniform", "exp"):
-            raise ValueError(f"distribution must be 'uniform' or 'exp', got {self.distribution!r}")
-        if not math.isfinite(self.decay) or (self.distribution == "exp" and self.decay < 0):
-            raise ValueError(f"decay must be a finite number >= 0, got {self.decay}")
-
-    def probabilities(self) -> np.ndarray:
-        """p(d) for d = 0..max_delay (zero below min_delay)."""
-        d = np.arange(self.max_delay + 1)
-        logits = np.where(d >= self.min_delay, 0.0 if self.distribution == "uniform" else -self.decay * d, -np.inf)
-        p = np.exp(logits - logits.max())
-        return p / p.sum()
-
-    def sample(self, rng: jax.Array, batch: int) -> jax.Array:
-        p = jnp.asarray(self.probabilities(), jnp.float32)
-        return jax.random.choice(rng, p.shape[0], (batch,), p=p).astype(jnp.int32)
-
 
 def flow_matching_loss(
     policy: FlowPolicy,

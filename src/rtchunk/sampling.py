@@ -21,27 +21,30 @@ shape [] or [B] (one delay per sample); values are validated whenever they are c
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Callable, Literal, NamedTuple, Union
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rtchunk.methods import (  # noqa: F401 (the methods are part of this module's API)
+    BID,
+    DEFAULT_NUM_STEPS,
+    GUIDED,
+    RTC,
+    SCHEDULES,
+    HardMask,
+    JacobianFree,
+    Method,
+    Naive,
+    Schedule,
+    TrainedPrefix,
+    check_sample_arguments,
+    check_schedule,
+)
+
 VelocityFn = Callable[[jax.Array, jax.Array], jax.Array]
-Schedule = Literal["exp", "linear", "ones", "zeros"]
-SCHEDULES: tuple[str, ...] = ("exp", "linear", "ones", "zeros")
-
-
-def _check_schedule(schedule: str):
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-
-
-def _check_beta(beta: float):
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
-        raise ValueError(f"max_guidance_weight must be a finite number > 0, got {beta!r}")
 
 
 class TimeTable(NamedTuple):
@@ -52,87 +55,6 @@ class TimeTable(NamedTuple):
 
     def dense(self, shape: tuple[int, int]) -> jax.Array:
         return jnp.broadcast_to(self.values[self.index], shape)
-
-
-# -- methods -----------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Naive:
-    """Plain Euler integration; ignores the previous chunk."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RTC:
-    """Real-time chunking: guided inpainting of the previous chunk with the true VJP (paper Eqs. 1-5)."""
-
-    schedule: Schedule = "exp"
-    max_guidance_weight: float = 5.0
-
-    def __post_init__(self):
-        _check_schedule(self.schedule)
-        _check_beta(self.max_guidance_weight)
-
-
-@dataclasses.dataclass(frozen=True)
-class HardMask:
-    """RTC guidance on the frozen prefix only (the ``zeros`` schedule)."""
-
-    max_guidance_weight: float = 5.0
-
-    def __post_init__(self):
-        _check_beta(self.max_guidance_weight)
-
-
-@dataclasses.dataclass(frozen=True)
-class JacobianFree:
-    """RTC with the network's Jacobian replaced by the identity: the correction is the weighted error itself.
-
-    No backward pass, so it costs about a plain Euler step. This is what an implementation computes when
-    the velocity is evaluated before x_t is marked as requiring gradients.
-    """
-
-    schedule: Schedule = "exp"
-    max_guidance_weight: float = 5.0
-
-    def __post_init__(self):
-        _check_schedule(self.schedule)
-        _check_beta(self.max_guidance_weight)
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainedPrefix:
-    """Training-time RTC inference: the first d tokens are the previous chunk with flow time 1."""
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BID:
-    """Bidirectional decoding: sample ``num_samples`` chunks, keep the one that best continues the previous
-    chunk (backward coherence, exp-weighted distance) and, with a weak policy, that sits closest to the
-    strong policy's ``top_k`` most coherent samples and farthest from the weak policy's (forward contrast).
-
-    Candidate 0 uses the ``noise`` passed to ``sample_chunk``; the other candidates draw theirs from
-    ``rng``, and the weak policy is sampled from the same noises as the strong one. With
-    ``num_samples=1`` BID is exactly Naive. Defaults are the RTC paper's setting (N=32, K=3); the public
-    code's default is N=16 without a weak policy.
-    """
-
-    rng: jax.Array | None = None
-    num_samples: int = 32
-    weak_velocity_fn: VelocityFn | None = None
-    top_k: int = 3
-
-    def __post_init__(self):
-        if not isinstance(self.num_samples, (int, np.integer)) or self.num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
-        if self.num_samples > 1 and self.rng is None:
-            raise ValueError("BID with num_samples > 1 needs rng (a jax.random key) to draw the extra candidates")
-        if self.weak_velocity_fn is not None and not 1 <= self.top_k <= self.num_samples:
-            raise ValueError(f"top_k must be in [1, num_samples={self.num_samples}], got {self.top_k}")
-
-
-Method = Union[Naive, RTC, HardMask, JacobianFree, TrainedPrefix, BID]
-GUIDED = (RTC, HardMask, JacobianFree)
 
 
 # -- weights -----------------------------------------------------------------------------------------
@@ -154,7 +76,7 @@ def prefix_weights(inference_delay, mask_end, horizon: int, schedule: Schedule =
     ``zeros`` is 1 below start only; 0 at and beyond end. ``inference_delay`` and ``mask_end`` may be
     arrays (e.g. one per sample); the result has their broadcast shape + [horizon].
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     if not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     for name, value in (("inference_delay", inference_delay), ("mask_end", mask_end)):
@@ -292,37 +214,13 @@ def _bid(method: BID, velocity_fn, noise, prev_chunk, delay, end, num_steps):
 
 
 def _validate(method, noise, prev_chunk, inference_delay, execute_horizon, num_steps):
-    if not isinstance(method, (Naive, RTC, HardMask, JacobianFree, TrainedPrefix, BID)):
-        raise ValueError(f"method must be Naive(), RTC(), HardMask(), JacobianFree(), TrainedPrefix() or BID(), got {method!r}")
-    if noise.ndim != 3:
-        raise ValueError(f"noise must have shape [batch, horizon, action_dim], got {noise.shape}")
-    batch, horizon, _ = noise.shape
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    if prev_chunk is not None and prev_chunk.shape != noise.shape:
-        raise ValueError(f"prev_chunk must have the shape of noise {noise.shape}, got {prev_chunk.shape}")
-
-    delay_shape = jnp.shape(inference_delay)
-    if delay_shape not in ((), (batch,)):
-        raise ValueError(f"inference_delay must be a scalar or have shape [batch={batch}], got shape {delay_shape}")
     d = _concrete(inference_delay)
-    if d is not None and (np.any(d < 0) or np.any(d > horizon)):
-        raise ValueError(f"inference_delay must be in [0, horizon={horizon}], got {d.tolist()}")
-
-    if execute_horizon is not None:
-        s = _concrete(execute_horizon)
-        if s is not None and (s.shape != () or not 1 <= int(s) <= horizon):
-            raise ValueError(f"execute_horizon must be an integer in [1, horizon={horizon}], got {s.tolist()}")
-        if s is not None and d is not None and np.any(d > horizon - s) and isinstance(method, GUIDED + (TrainedPrefix,)):
-            raise ValueError(
-                f"inference_delay must be <= horizon - execute_horizon = {horizon - int(s)} for "
-                f"{type(method).__name__} (the frozen actions must come from the previous chunk), got {d.tolist()}"
-            )
-    needs_prev = isinstance(method, GUIDED) or (isinstance(method, TrainedPrefix) and (d is None or np.any(d > 0)))
-    if needs_prev and prev_chunk is None:
-        raise ValueError(f"{type(method).__name__} needs prev_chunk")
-    if isinstance(method, GUIDED + (BID,)) and prev_chunk is not None and execute_horizon is None:
-        raise ValueError(f"{type(method).__name__} needs execute_horizon (the guidance ends at horizon - execute_horizon)")
+    s = None if execute_horizon is None else _concrete(execute_horizon)
+    check_sample_arguments(
+        method, noise_shape=noise.shape, prev_shape=None if prev_chunk is None else prev_chunk.shape,
+        delay_shape=jnp.shape(inference_delay), delay=d, has_execute_horizon=execute_horizon is not None,
+        execute_horizon=s, num_steps=num_steps,
+    )
 
 
 def sample_chunk(
@@ -333,7 +231,7 @@ def sample_chunk(
     prev_chunk: jax.Array | None = None,
     inference_delay=0,
     execute_horizon=None,
-    num_steps: int = 5,
+    num_steps: int = DEFAULT_NUM_STEPS,
 ) -> jax.Array:
     """Integrate the flow from ``noise`` [B, H, A] to an action chunk [B, H, A] with ``method``."""
     _validate(method, noise, prev_chunk, inference_delay, execute_horizon, num_steps)

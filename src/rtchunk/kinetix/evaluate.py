@@ -16,7 +16,8 @@ delays, the paper's Algorithm 1) over that environment's observed delays, starti
 trained prefix) are told min(estimate, H - s), the others min(estimate, H) (``delay_spec``'s
 ``delay_contract``); ``p_violate`` counts how often the actual delay broke d <= H - s.
 The previous chunk handed to the sampler is the chunk being executed, shifted to the new chunk's first
-step, with entries past its end filled with its last action (what the controller would hold).
+step, with entries past its end filled with the last executed action (what the controller would hold:
+``rtchunk.execution``, the rule the runtime follows too, also when a chunk arrives already past its end).
 
 Temporal ensembling (``execution="ensemble"``) keeps every chunk that still covers the current step and
 executes their weighted average, weights exp(-decay * k) for the k-th chunk of the environment (older
@@ -54,6 +55,7 @@ from jax.sharding import PartitionSpec as P
 
 from rtchunk import delays as delays_lib
 from rtchunk import metrics
+from rtchunk.execution import executed_action
 from rtchunk.sampling import BID, GUIDED, Method, Naive, TrainedPrefix, sample_chunk
 
 ChunkFn = Callable[..., jax.Array]
@@ -326,8 +328,9 @@ def _make_local_rollout(env, chunk_fn, config: HarnessConfig, steps: int):
             pick = lambda x: jnp.take_along_axis(x, newest[:, None], axis=1)[:, 0]  # noqa: E731
             cur = jnp.take_along_axis(buf.actions, newest[:, None, None, None], axis=1)[:, 0]  # [B, H, A]
             offset = t - pick(buf.origin)
-            prev_idx = jnp.minimum(offset[:, None] + jnp.arange(horizon)[None], horizon - 1)
-            prev = jnp.take_along_axis(cur, prev_idx[:, :, None], axis=1)
+            position = offset[:, None] + jnp.arange(horizon)[None]
+            prev = jnp.take_along_axis(cur, jnp.minimum(position, horizon - 1)[:, :, None], axis=1)
+            prev = executed_action(prev, position, horizon, carry["last_action"][:, None], jnp)[0]
             estimate = jnp.asarray(config.estimator.estimate(carry["history"]), jnp.int32)
             told = jnp.clip(estimate, 0, told_max)
             chunk = chunk_fn(params, carry["obs"], noise_at(t), prev, told, s, jax.random.fold_in(policy_key, t))
@@ -363,9 +366,11 @@ def _make_local_rollout(env, chunk_fn, config: HarnessConfig, steps: int):
             values = _take_index(buf.actions, jnp.minimum(index, horizon - 1))  # [B, K, A]
             if config.execution == "latest":
                 src = jnp.argmax(jnp.where(arrived, buf.seq, -1), axis=1)
-                action = jnp.take_along_axis(values, src[:, None, None], axis=1)[:, 0]
-                src_seq = jnp.take_along_axis(buf.seq, src[:, None], axis=1)[:, 0]
-                starved = jnp.take_along_axis(index, src[:, None], axis=1)[:, 0] >= horizon
+                action, starved = executed_action(
+                    jnp.take_along_axis(values, src[:, None, None], axis=1)[:, 0],
+                    jnp.take_along_axis(index, src[:, None], axis=1)[:, 0], horizon, carry["last_action"], jnp)
+                # A held action still comes from the chunk it was executed from.
+                src_seq = jnp.where(starved, carry["last_seq"], jnp.take_along_axis(buf.seq, src[:, None], axis=1)[:, 0])
             else:
                 covers = arrived & (index < horizon)
                 logit = jnp.where(covers, -config.ensemble_decay * buf.seq.astype(jnp.float32), -jnp.inf)

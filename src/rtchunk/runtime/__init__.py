@@ -6,12 +6,15 @@
         ...
     rt.telemetry().save("runs/telemetry")
 
-See docs/runtime.md.
+See docs/runtime.md. This package is numpy-only: ``FlowChunkPolicy`` / ``flow_policy_fn`` (the JAX adapter,
+``rtchunk.policy_adapter``) load JAX and Flax only when they are first used.
 """
+
+import importlib
 
 from rtchunk.runtime.clocks import MonotonicClock, SimulatedClock
 from rtchunk.runtime.conditions import Paper, Queue, ReplanCondition, SinceSwap
-from rtchunk.runtime.policies import ChunkPolicy, FlowChunkPolicy, WithExtraLatency, flow_policy_fn
+from rtchunk.runtime.policies import ChunkPolicy, WithExtraLatency
 from rtchunk.runtime.robots import Robot, SimulatedRobot
 from rtchunk.runtime.runtime import Runtime, RuntimeConfig, RuntimeStopped
 from rtchunk.runtime.telemetry import InferenceEvent, Telemetry
@@ -35,3 +38,12 @@ __all__ = [
     "WithExtraLatency",
     "flow_policy_fn",
 ]
+
+
+_LAZY = {"FlowChunkPolicy": "rtchunk.policy_adapter", "flow_policy_fn": "rtchunk.policy_adapter"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rtchunk.runtime' has no attribute {name!r}")

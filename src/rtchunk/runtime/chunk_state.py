@@ -12,6 +12,7 @@ from collections import deque
 
 import numpy as np
 
+from rtchunk.execution import executed_action
 from rtchunk.runtime.conditions import ReplanCondition
 
 
@@ -28,15 +29,16 @@ class ChunkState:
         self.delays: deque[int] = deque([int(initial_delay)], maxlen=delay_window)
 
     def next_action(self) -> tuple[np.ndarray | None, int]:
-        """(the action to execute now, its index), or (None, index) when the chunk is used up."""
+        """(the action to execute now, its index), or (None, index) when the chunk is used up (or arrived
+        already past its end): then the controller holds ``last_action`` (``rtchunk.execution``)."""
         i = self.index
         self.index = i + 1
         self.since_swap += 1
-        if i < self.horizon:
-            action = self.chunk[i]
-            self.last_action = action
-            return action, i
-        return None, i
+        _, starved = executed_action(self.chunk[min(i, self.horizon - 1)], i, self.horizon, self.last_action)
+        if starved:
+            return None, i
+        self.last_action = self.chunk[i]
+        return self.last_action, i
 
     def ready(self) -> bool:
         return self.replan.ready(self.index, self.since_swap, self.horizon)

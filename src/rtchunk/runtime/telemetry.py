@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from rtchunk import metrics
-from rtchunk.checkpoints import atomic_write_bytes, atomic_write_text, to_jsonable
+from rtchunk.files import atomic_write_bytes, atomic_write_text, to_jsonable
 
 STATUSES = ("ok", "error", "invalid_output")
 

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rtchunk.checkpoints import CheckpointError, load_arrays, load_meta, unflatten_like
-from rtchunk.model import ModelConfig
+from rtchunk.checkpoints import CheckpointError, check_arrays, load_arrays, load_meta
+from rtchunk.model_config import ModelConfig
 from rtchunk.torch.sampling import TimeTable
 
 LAYER_NORM_EPSILON = 1e-6  # flax.nnx.LayerNorm's default
@@ -192,7 +192,7 @@ class FlowPolicy(nn.Module):
     def load_flax_arrays(self, arrays: dict[str, np.ndarray], source: str = "checkpoint") -> None:
         """Copy Flax-named arrays (``blocks/0/channel_in/kernel`` [in, out], ...) into this module.
 
-        Names, shapes and dtypes are checked by ``rtchunk.checkpoints.unflatten_like``; a mismatch raises
+        Names, shapes and dtypes are checked by ``rtchunk.checkpoints.check_arrays``; a mismatch raises
         ``CheckpointError`` saying what differs.
         """
         names = self.flax_names()
@@ -201,10 +201,10 @@ class FlowPolicy(nn.Module):
         for flax_name, (name, transposed) in names.items():
             shape = tuple(params[name].shape[::-1] if transposed else params[name].shape)
             like[flax_name] = np.zeros(shape, np.float32)
-        checked = unflatten_like(dict(arrays), like, source=source)
+        check_arrays(dict(arrays), like, source=source)
         with torch.no_grad():
             for flax_name, (name, transposed) in names.items():
-                value = torch.from_numpy(np.ascontiguousarray(checked[flax_name]))
+                value = torch.from_numpy(np.ascontiguousarray(arrays[flax_name]))
                 params[name].copy_(value.T if transposed else value)
 
 

@@ -20,7 +20,7 @@ from one definition: the clean estimate ``x + (1 - tau) v_0 = x - t v_1``, the c
 time (tau = 1, i.e. t = 0).
 
 The methods ``Naive``, ``RTC``, ``HardMask``, ``JacobianFree`` and ``TrainedPrefix`` are the very classes
-of ``rtchunk.sampling``; ``BID`` is its own class here because it draws candidate noise with a
+of ``rtchunk.methods`` (which ``rtchunk.sampling`` uses too); ``BID`` is its own class here because it draws candidate noise with a
 ``torch.Generator`` and its weak policy is a PyTorch function.
 
 Autograd: ``sample_chunk`` runs under ``torch.no_grad()``; the chunk never requires grad and no
@@ -41,8 +41,10 @@ from typing import Callable, Literal, NamedTuple, Union
 import numpy as np
 import torch
 
-from rtchunk import sampling as _jax_sampling
-from rtchunk.sampling import (
+from rtchunk import methods as _methods
+from rtchunk.methods import (
+    DEFAULT_NUM_STEPS,
+    GUIDED,
     RTC,
     SCHEDULES,
     HardMask,
@@ -50,7 +52,9 @@ from rtchunk.sampling import (
     Naive,
     Schedule,
     TrainedPrefix,
-    _check_schedule,
+    check_bid,
+    check_sample_arguments,
+    check_schedule,
 )
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -100,15 +104,12 @@ class BID:
             not isinstance(self.candidates_per_call, (int, np.integer)) or self.candidates_per_call < 1
         ):
             raise ValueError(f"candidates_per_call must be None or an integer >= 1, got {self.candidates_per_call!r}")
-        if not isinstance(self.num_samples, (int, np.integer)) or self.num_samples < 1:
-            raise ValueError(f"num_samples must be an integer >= 1, got {self.num_samples!r}")
+        check_bid(self.num_samples, self.top_k, self.weak_velocity_fn is not None)
         if self.num_samples > 1 and self.generator is None and self.candidate_noise is None:
             raise ValueError(
                 "BID with num_samples > 1 needs generator (a torch.Generator) or candidate_noise to draw the "
                 "extra candidates"
             )
-        if self.weak_velocity_fn is not None and not 1 <= self.top_k <= self.num_samples:
-            raise ValueError(f"top_k must be in [1, num_samples={self.num_samples}], got {self.top_k}")
 
 
 class TimeTable(NamedTuple):
@@ -123,7 +124,6 @@ class TimeTable(NamedTuple):
 
 
 Method = Union[Naive, RTC, HardMask, JacobianFree, TrainedPrefix, BID]
-GUIDED = (RTC, HardMask, JacobianFree)
 
 
 # -- weights -----------------------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def prefix_weights(inference_delay, mask_end, horizon: int, schedule: Schedule =
 
     ``device`` defaults to that of the first tensor argument (else the CPU).
     """
-    _check_schedule(schedule)
+    check_schedule(schedule)
     if not isinstance(horizon, (int, np.integer)) or horizon < 1:
         raise ValueError(f"horizon must be a positive integer, got {horizon!r}")
     for name, value in (("inference_delay", inference_delay), ("mask_end", mask_end)):
@@ -376,45 +376,22 @@ def _bid(method: BID, velocity_fn, weak_velocity_fn, noise, prev_chunk, delay, e
 
 
 def _validate(method, noise, prev_chunk, inference_delay, execute_horizon, num_steps, time_convention):
-    if isinstance(method, _jax_sampling.BID):
+    if isinstance(method, _methods.BID):
         raise ValueError(
             "method is rtchunk.sampling.BID (JAX: jax key, JAX weak policy); use rtchunk.torch.BID "
             "(torch.Generator or candidate_noise) with rtchunk.torch.sample_chunk"
         )
-    if not isinstance(method, (Naive, RTC, HardMask, JacobianFree, TrainedPrefix, BID)):
-        raise ValueError(f"method must be Naive(), RTC(), HardMask(), JacobianFree(), TrainedPrefix() or BID(), got {method!r}")
     if time_convention not in TIME_CONVENTIONS:
         raise ValueError(f"time_convention must be one of {TIME_CONVENTIONS}, got {time_convention!r}")
     if not isinstance(noise, torch.Tensor) or not noise.is_floating_point():
         raise ValueError(f"noise must be a floating-point torch.Tensor, got {type(noise).__name__}")
-    if noise.ndim != 3:
-        raise ValueError(f"noise must have shape [batch, horizon, action_dim], got {tuple(noise.shape)}")
-    batch, horizon, _ = noise.shape
-    if not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    if prev_chunk is not None and tuple(prev_chunk.shape) != tuple(noise.shape):
-        raise ValueError(f"prev_chunk must have the shape of noise {tuple(noise.shape)}, got {tuple(prev_chunk.shape)}")
-
-    d = _concrete(inference_delay)
-    if d.shape not in ((), (batch,)):
-        raise ValueError(f"inference_delay must be a scalar or have shape [batch={batch}], got shape {d.shape}")
-    if np.any(d < 0) or np.any(d > horizon):
-        raise ValueError(f"inference_delay must be in [0, horizon={horizon}], got {d.tolist()}")
-
-    if execute_horizon is not None:
-        s = _concrete(execute_horizon)
-        if s.shape != () or not 1 <= int(s) <= horizon:
-            raise ValueError(f"execute_horizon must be an integer in [1, horizon={horizon}], got {s.tolist()}")
-        if np.any(d > horizon - s) and isinstance(method, GUIDED + (TrainedPrefix,)):
-            raise ValueError(
-                f"inference_delay must be <= horizon - execute_horizon = {horizon - int(s)} for "
-                f"{type(method).__name__} (the frozen actions must come from the previous chunk), got {d.tolist()}"
-            )
-    needs_prev = isinstance(method, GUIDED) or (isinstance(method, TrainedPrefix) and np.any(d > 0))
-    if needs_prev and prev_chunk is None:
-        raise ValueError(f"{type(method).__name__} needs prev_chunk")
-    if isinstance(method, GUIDED + (BID,)) and prev_chunk is not None and execute_horizon is None:
-        raise ValueError(f"{type(method).__name__} needs execute_horizon (the guidance ends at horizon - execute_horizon)")
+    check_sample_arguments(
+        method, noise_shape=tuple(noise.shape), prev_shape=None if prev_chunk is None else tuple(prev_chunk.shape),
+        delay_shape=np.shape(_concrete(inference_delay)), delay=_concrete(inference_delay),
+        has_execute_horizon=execute_horizon is not None,
+        execute_horizon=None if execute_horizon is None else _concrete(execute_horizon), num_steps=num_steps,
+        bid_class=BID,
+    )
 
 
 def sample_chunk(
@@ -425,7 +402,7 @@ def sample_chunk(
     prev_chunk: torch.Tensor | None = None,
     inference_delay=0,
     execute_horizon=None,
-    num_steps: int = 5,
+    num_steps: int = DEFAULT_NUM_STEPS,
     time_convention: TimeConvention = "noise_at_0",
 ) -> torch.Tensor:
     """Integrate the flow from ``noise`` [B, H, A] to an action chunk [B, H, A] with ``method``.

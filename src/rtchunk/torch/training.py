@@ -2,7 +2,7 @@
 
 A training step with prefix conditioning (Black et al., "Training-Time Action Conditioning"):
 
-1. draw a delay d per sample (``sample_delays``; the distribution is ``rtchunk.model.TrainingDelays``),
+1. draw a delay d per sample (``sample_delays``; the distribution is ``rtchunk.delays.TrainingDelays``),
 2. give every token its own flow time, with the clean time on the prefix (``token_flow_time``),
 3. noise the chunk at those times (``noisy_chunk``): the prefix tokens come out as the clean actions,
 4. regress the velocity (``velocity_target``) and average the loss over the postfix only (``postfix_mean``).
@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from rtchunk.model import TrainingDelays
+from rtchunk.delays import TrainingDelays
 from rtchunk.torch.sampling import TIME_CONVENTIONS, TimeConvention
 
 __all__ = [
