@@ -142,8 +142,11 @@ def freezes_prefix(method) -> bool:
 
 def told_delay_bound(method, horizon: int, execute_horizon: int) -> int:
     """The largest delay ``method`` may be told: H - s when it freezes a prefix of the previous chunk (whose
-    entries at and beyond H - s are unused), else H."""
-    return horizon - execute_horizon if freezes_prefix(method) else horizon
+    entries at and beyond H - s are unused), else H. ``method=None`` (a policy whose method is unknown) gets
+    H - s: no more than the previous chunk covers."""
+    if method is None or freezes_prefix(method):
+        return horizon - execute_horizon
+    return horizon
 
 
 def check_sample_arguments(method, *, noise_shape, prev_shape, delay_shape, delay, has_execute_horizon: bool,
