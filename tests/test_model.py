@@ -85,23 +85,6 @@ def test_shapes_are_checked(policy):
         ModelConfig(num_layers=0)
 
 
-def test_training_delay_distributions():
-    np.testing.assert_allclose(TrainingDelays().probabilities(), [0.636, 0.234, 0.086, 0.032, 0.012], atol=1e-3)
-    np.testing.assert_allclose(
-        TrainingDelays(min_delay=2, max_delay=5, distribution="uniform").probabilities(), [0, 0, 0.25, 0.25, 0.25, 0.25]
-    )
-    p = TrainingDelays(min_delay=1, max_delay=3, decay=0.5).probabilities()
-    np.testing.assert_allclose(p[1:] / p[1], [1, np.exp(-0.5), np.exp(-1.0)], rtol=1e-6)
-    assert p[0] == 0
-    samples = np.asarray(TrainingDelays().sample(jax.random.key(0), 20000))
-    freq = np.bincount(samples, minlength=5) / samples.size
-    np.testing.assert_allclose(freq, TrainingDelays().probabilities(), atol=0.015)
-    for kwargs, match in [(dict(min_delay=-1), "min_delay"), (dict(min_delay=3, max_delay=2), "max_delay"),
-                          (dict(distribution="normal"), "distribution"), (dict(decay=-1.0), "decay")]:
-        with pytest.raises(ValueError, match=match):
-            TrainingDelays(**kwargs)
-
-
 class _Recorder:
     """A stand-in policy that records its inputs and returns a chosen prediction."""
 

@@ -201,7 +201,8 @@ class MethodSettings:
 
     def __post_init__(self):
         check_guidance_weight(self.max_guidance_weight)
-        check_bid(self.bid_samples, self.bid_top_k, has_weak_policy=True)
+        # top_k only matters with more than one candidate (with N = 1 BID is Naive).
+        check_bid(self.bid_samples, self.bid_top_k, has_weak_policy=self.bid_samples > 1)
         if not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
             raise ValueError(f"ensemble_decay must be a finite number >= 0, got {self.ensemble_decay}")
 
