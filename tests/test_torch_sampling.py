@@ -382,3 +382,12 @@ def test_bid_picks_the_most_coherent_candidate():
     w = ts.prefix_weights(2, H - 3, H)
     loss = (w * torch.linalg.vector_norm(candidates - prev, dim=-1)).sum(-1)  # [N, B]
     torch.testing.assert_close(by_noise, candidates[loss.argmin(0), torch.arange(B)], atol=1e-6, rtol=1e-6)
+
+
+def test_the_torch_backend_loads_no_jax():
+    import subprocess
+    import sys
+
+    code = "import sys, rtchunk.torch; print([m for m in ('jax', 'flax', 'optax') if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
