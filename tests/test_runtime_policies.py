@@ -76,7 +76,7 @@ def test_bid_gets_a_fresh_key_per_call(flow_policy):
         ((np.zeros(OBS), leftover_of(H), 0, 0), "prev_chunk_leftover"),
         ((np.zeros(OBS), leftover_of(4)[:, :1], 0, 4), "prev_chunk_leftover"),
         ((np.zeros(OBS), leftover_of(4), 0, 3), "execute_horizon"),
-        ((np.zeros(OBS), leftover_of(4), 5, 4), "estimated_delay"),
+        ((np.zeros(OBS), leftover_of(4), 5, 4), "told_delay"),
     ],
 )
 def test_bad_inputs_are_rejected(trained_prefix, args, match):
@@ -103,7 +103,7 @@ def test_runtime_with_a_real_flow_policy(trained_prefix):
     config = RuntimeConfig(replan=Paper(s_min=3), initial_delay=2)
     tel = Runtime(spy, config, robot=Robot(), clock=SimulatedClock(2)).run(ticks=40)
     events = tel.inferences
-    assert len(events) >= 10 and all(e.status == "ok" and e.actual_delay == e.delay_given == 2 for e in events)
+    assert len(events) >= 10 and all(e.status == "ok" and e.actual_delay == e.told_delay == 2 for e in events)
     for (left, d, chunk), event in zip(calls[1:], events):
         np.testing.assert_array_equal(chunk[:d], left[:d])
         # The actions executed during that inference came from the old chunk and equal the new one's prefix.
