@@ -84,6 +84,16 @@ def test_bad_inputs_are_rejected(trained_prefix, args, match):
         trained_prefix(*args)
 
 
+def test_told_delay_is_checked_against_the_methods_bound(flow_policy):
+    """rtchunk.methods.told_delay_bound: H - s for a method that freezes a prefix (above), H for Naive."""
+    naive = flow_policy_fn(flow_policy, Naive(), num_steps=2, seed=3)
+    obs = np.zeros(OBS, np.float32)
+    assert naive(obs, leftover_of(4), H, H - 4).shape == (H, ACT)
+    with pytest.raises(ValueError, match=r"told_delay must be in \[0, .*= 8\], got 9"):
+        naive(obs, leftover_of(4), H + 1, H - 4)
+    assert naive.compiled_variants == 1
+
+
 def test_runtime_with_a_real_flow_policy(trained_prefix):
     """Every swapped-in chunk begins with exactly the d actions that executed while it was computed."""
     calls = []
@@ -116,5 +126,6 @@ def test_extra_latency_wraps_any_policy():
     inner = lambda *args: np.zeros((H, ACT), np.float32)  # noqa: E731
     wrapped = WithExtraLatency(inner, 0.001)
     np.testing.assert_array_equal(wrapped(None, None, 0, None), np.zeros((H, ACT)))
+    assert wrapped.last_call_timing is None  # the inner policy reports none
     with pytest.raises(ValueError, match="extra_s"):
         WithExtraLatency(inner, -0.1)
