@@ -195,7 +195,7 @@ def main(config: BenchConfig = BenchConfig()) -> int:
     rtc = flow_policy_fn(flow, RTC(), num_steps=config.num_steps, seed=config.seed)
     constant = np.zeros((model.horizon, config.action_dim), np.float32)
 
-    def idle(observation, leftover, delay, execute_horizon):
+    def idle(observation, leftover, told_delay, execute_horizon):
         return constant
 
     # Compile and warm up outside the timed runs.

@@ -90,3 +90,21 @@ class Integrator:
     def act(self, action):
         self.applied.append(float(action[0]))
         self.position += float(action[0])
+
+
+class Remote(InpaintingFake):
+    """InpaintingFake that reports where each background call's time went, like a remote client.
+
+    ``timings[k]`` becomes ``last_call_timing`` after background call k (None once the list runs out).
+    """
+
+    def __init__(self, timings, horizon: int = H):
+        super().__init__(horizon)
+        self.timings = list(timings)
+        self.last_call_timing = None
+
+    def __call__(self, observation, leftover, delay, execute_horizon):
+        out = super().__call__(observation, leftover, delay, execute_horizon)
+        k = len(self.calls) - 2
+        self.last_call_timing = self.timings[k] if 0 <= k < len(self.timings) else None
+        return out

@@ -76,12 +76,22 @@ def test_bid_gets_a_fresh_key_per_call(flow_policy):
         ((np.zeros(OBS), leftover_of(H), 0, 0), "prev_chunk_leftover"),
         ((np.zeros(OBS), leftover_of(4)[:, :1], 0, 4), "prev_chunk_leftover"),
         ((np.zeros(OBS), leftover_of(4), 0, 3), "execute_horizon"),
-        ((np.zeros(OBS), leftover_of(4), 5, 4), "estimated_delay"),
+        ((np.zeros(OBS), leftover_of(4), 5, 4), "told_delay"),
     ],
 )
 def test_bad_inputs_are_rejected(trained_prefix, args, match):
     with pytest.raises(ValueError, match=match):
         trained_prefix(*args)
+
+
+def test_told_delay_is_checked_against_the_methods_bound(flow_policy):
+    """rtchunk.methods.told_delay_bound: H - s for a method that freezes a prefix (above), H for Naive."""
+    naive = flow_policy_fn(flow_policy, Naive(), num_steps=2, seed=3)
+    obs = np.zeros(OBS, np.float32)
+    assert naive(obs, leftover_of(4), H, H - 4).shape == (H, ACT)
+    with pytest.raises(ValueError, match=r"told_delay must be in \[0, .*= 8\], got 9"):
+        naive(obs, leftover_of(4), H + 1, H - 4)
+    assert naive.compiled_variants == 1
 
 
 def test_runtime_with_a_real_flow_policy(trained_prefix):
@@ -103,7 +113,7 @@ def test_runtime_with_a_real_flow_policy(trained_prefix):
     config = RuntimeConfig(replan=Paper(s_min=3), initial_delay=2)
     tel = Runtime(spy, config, robot=Robot(), clock=SimulatedClock(2)).run(ticks=40)
     events = tel.inferences
-    assert len(events) >= 10 and all(e.status == "ok" and e.actual_delay == e.delay_given == 2 for e in events)
+    assert len(events) >= 10 and all(e.status == "ok" and e.actual_delay == e.told_delay == 2 for e in events)
     for (left, d, chunk), event in zip(calls[1:], events):
         np.testing.assert_array_equal(chunk[:d], left[:d])
         # The actions executed during that inference came from the old chunk and equal the new one's prefix.
@@ -116,5 +126,6 @@ def test_extra_latency_wraps_any_policy():
     inner = lambda *args: np.zeros((H, ACT), np.float32)  # noqa: E731
     wrapped = WithExtraLatency(inner, 0.001)
     np.testing.assert_array_equal(wrapped(None, None, 0, None), np.zeros((H, ACT)))
+    assert wrapped.last_call_timing is None  # the inner policy reports none
     with pytest.raises(ValueError, match="extra_s"):
         WithExtraLatency(inner, -0.1)

@@ -15,6 +15,7 @@ from runtime_fakes import H, InpaintingFake, Scripted
 
 from rtchunk import prefix_weights
 from rtchunk.delays import FixedEstimator, MaxEstimator, MixtureDelay, QuantileEstimator
+from rtchunk.methods import RTC, Naive, TrainedPrefix, told_delay_bound
 from rtchunk.runtime import Paper, Queue, Runtime, RuntimeConfig, SimulatedClock, SinceSwap
 
 
@@ -103,7 +104,7 @@ def test_zero_latency_is_synchronous():
     policy = InpaintingFake()
     executed, tel = drive(policy, Paper(s_min=4), 9, latency=0, initial_delay=0)
     assert executed == [0, 1, 2, 3, 4.5, 5.5, 6.5, 7.5, 9.0]
-    assert [(e.start_tick, e.end_tick, e.actual_delay, e.delay_given) for e in tel.inferences] == [(4, 4, 0, 0), (8, 8, 0, 0)]
+    assert [(e.start_tick, e.end_tick, e.actual_delay, e.told_delay) for e in tel.inferences] == [(4, 4, 0, 0), (8, 8, 0, 0)]
 
 
 # -- delay estimation --------------------------------------------------------------------------------
@@ -117,17 +118,17 @@ def test_zero_latency_is_synchronous():
         (FixedEstimator(delay=2), [2, 2, 2, 2, 2, 2]),
     ],
 )
-def test_estimated_delay_follows_observed_delays(estimator, expected):
+def test_estimate_follows_observed_delays(estimator, expected):
     latencies = [1, 4, 2, 2, 2, 2]
     policy = InpaintingFake()
     _, tel = drive(policy, Paper(s_min=3), 30, latency=lambda k: latencies[min(k, 5)], initial_delay=0, estimator=estimator)
     events = tel.inferences[:6]
     assert [e.actual_delay for e in events] == latencies
-    assert [e.estimated_delay for e in events] == expected
-    assert [e.delay_given for e in events] == [c[2] for c in policy.background_calls[:6]] == expected
+    assert [e.estimate for e in events] == expected
+    assert [e.told_delay for e in events] == [c[2] for c in policy.background_calls[:6]] == expected
     if isinstance(estimator, MaxEstimator):  # the paper's rule, as a property: max of the last b delays
         history = [0] + latencies
-        assert all(e.estimated_delay == max(history[max(0, k + 1 - 2) : k + 1]) for k, e in enumerate(events))
+        assert all(e.estimate == max(history[max(0, k + 1 - 2) : k + 1]) for k, e in enumerate(events))
 
 
 def test_delay_profile_latency_is_reproducible():
@@ -158,7 +159,59 @@ def test_slow_inference_holds_last_action_and_aligns_late_chunk():
     # The next inference starts past the chunk's end: nothing left to continue, so no frozen prefix.
     _, leftover, delay, s = policy.background_calls[1]
     assert (leftover.shape, delay, s) == ((0, 1), 0, H)
-    assert tel.inferences[1].estimated_delay == 9  # max(3, 9), clipped to what is left
+    assert tel.inferences[1].estimate == 9  # max(3, 9); told 0, all that is left
+
+
+def test_chunk_arriving_past_its_end_holds_the_old_chunks_last_action():
+    """Inference takes 12 ticks >= H: the chunk is entered at index 12, past its end (rtchunk.execution).
+    The controller keeps holding a9, the last action it executed, never the new chunk's last entry (109),
+    counts those ticks as starved, and resumes with the chunk after it at its own elapsed delay."""
+    policy = InpaintingFake()
+    executed, tel = drive(policy, SinceSwap(s_min=4), 24, latency=lambda k: [12, 1][min(k, 1)])
+    assert executed == list(range(10)) + [9] * 11 + [201, 202, 203]
+    assert 109 not in executed
+    assert tel.starved.tolist() == [False] * 10 + [True] * 11 + [False] * 3
+    late, next_ = tel.inferences[:2]
+    assert (late.start_tick, late.end_tick, late.actual_delay, late.told_delay) == (4, 16, 12, 3)
+    # T=17..20: the late chunk is current (swapped in after T=16) but already used up.
+    t17 = int(np.flatnonzero(tel.tick == 17)[0])
+    assert (tel.chunk_id[t17], tel.chunk_index[t17]) == (-1, 12)
+    # The next inference had nothing left to continue; it swaps in after T=21, entered at index 1.
+    _, leftover, delay, s = policy.background_calls[1]
+    assert (leftover.shape, delay, s) == ((0, 1), 0, H)
+    assert (next_.start_tick, next_.end_tick, next_.actual_delay, next_.estimate) == (20, 21, 1, 12)
+    t22 = int(np.flatnonzero(tel.tick == 22)[0])
+    assert (tel.chunk_id[t22], tel.chunk_index[t22], tel.switched[t22]) == (2, 1, True)
+    summary = tel.summary()
+    assert (summary["starvation_ticks"], summary["late_chunks"], summary["swaps"]) == (11, 2, 2)
+
+
+class FreshChunks:
+    """A policy that ignores the previous chunk (so any told delay is fine) and says which method it samples."""
+
+    horizon = H
+
+    def __init__(self, method):
+        if method is not None:
+            self.method = method
+        self.calls = []
+
+    def __call__(self, observation, leftover, delay, execute_horizon):
+        self.calls.append((None if leftover is None else len(leftover), delay, execute_horizon))
+        return (100.0 * len(self.calls) + np.arange(H, dtype=np.float32))[:, None]
+
+
+@pytest.mark.parametrize("method", [None, RTC(), TrainedPrefix(), Naive()])
+def test_told_delay_is_bounded_by_the_policys_method(method):
+    """The estimate (8) is bounded by rtchunk.methods.told_delay_bound: H - s = len(A_prev) for a method that
+    freezes a prefix or a policy without .method, H for one that does not."""
+    policy = FreshChunks(method)
+    _, tel = drive(policy, Paper(s_min=4), 30, latency=1, estimator=FixedEstimator(delay=8))
+    calls = policy.calls[1:]
+    assert len(calls) >= 5 and [c[2] for c in calls] == [4] * len(calls)
+    expected = 8 if isinstance(method, Naive) else 6
+    assert [c[1] for c in calls] == [e.told_delay for e in tel.inferences] == [expected] * len(calls)
+    assert all(e.told_delay == min(e.estimate, told_delay_bound(method, H, e.execute_horizon)) for e in tel.inferences)
 
 
 def test_fallback_replaces_holding():
@@ -215,7 +268,7 @@ def test_runs_are_exactly_reproducible():
     a = drive(Scripted(["ok", "raise", "nan"]), Paper(s_min=2), 40, latency=lambda k: 1 + k % 4)
     b = drive(Scripted(["ok", "raise", "nan"]), Paper(s_min=2), 40, latency=lambda k: 1 + k % 4)
     assert a[0] == b[0]
-    strip = lambda t: [(e.status, e.start_tick, e.end_tick, e.delay_given, e.actual_delay) for e in t.inferences]  # noqa: E731
+    strip = lambda t: [(e.status, e.start_tick, e.end_tick, e.told_delay, e.actual_delay) for e in t.inferences]  # noqa: E731
     assert strip(a[1]) == strip(b[1])
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 
 import numpy as np
 import pytest
-from runtime_fakes import InpaintingFake, Scripted
+from runtime_fakes import InpaintingFake, Remote, Scripted
 
 from rtchunk.checkpoints import atomic_write_bytes
-from rtchunk.runtime import Runtime, RuntimeConfig, SimulatedClock, SinceSwap
+from rtchunk.runtime import Paper, Runtime, RuntimeConfig, SimulatedClock, SinceSwap, WithExtraLatency
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,58 @@ def test_atomic_write_bytes(tmp_path):
     atomic_write_bytes(path, b"\x00\x01")
     atomic_write_bytes(path, b"\x02")
     assert path.read_bytes() == b"\x02" and [p.name for p in path.parent.iterdir()] == ["blob.bin"]
+
+
+# -- policies that run elsewhere: last_call_timing -----------------------------------------------------
+
+
+TIMINGS = [
+    {"server_compute_s": 0.010, "server_queue_s": 0.001, "transport_s": 0.004},
+    {"server_compute_s": 0.030, "transport_s": 0.002},  # no queue time reported
+    None,  # nothing reported for this call
+    {"server_compute_s": 0.020, "server_queue_s": "soon", "transport_s": 0.006},  # a malformed value
+]
+
+
+def run_remote(policy, ticks=24):
+    rt = Runtime(policy, RuntimeConfig(replan=Paper(s_min=4), initial_delay=2), clock=SimulatedClock(2))
+    rt.start(np.zeros(2, np.float32))
+    for t in range(1, ticks + 1):
+        rt.get_action(np.array([t, 0.0], np.float32))
+    rt.stop()
+    return rt.telemetry()
+
+
+@pytest.mark.parametrize("wrap", [False, True])
+def test_remote_timing_is_recorded_per_inference_and_summarised(wrap, tmp_path):
+    inner = Remote(TIMINGS)
+    policy = WithExtraLatency(inner, 0.0) if wrap else inner  # the wrapper passes the inner timing through
+    tel = run_remote(policy)
+    events = tel.inferences[:5]
+    assert len(events) == 5
+    nan = float("nan")
+    want = [(0.010, 0.001, 0.004), (0.030, nan, 0.002), (nan, nan, nan), (0.020, nan, 0.006), (nan, nan, nan)]
+    got = [(e.server_compute_s, e.server_queue_s, e.transport_s) for e in events]
+    np.testing.assert_array_equal(np.array(got), np.array(want))
+    s = tel.summary()
+    assert s["server_compute_ms_p50"] == pytest.approx(20.0) and s["server_compute_ms_p99"] == pytest.approx(29.8)
+    assert s["server_queue_ms_p50"] == pytest.approx(1.0) and s["server_queue_ms_p99"] == pytest.approx(1.0)
+    assert s["transport_ms_p50"] == pytest.approx(4.0) and s["transport_ms_p99"] == pytest.approx(5.96)
+    assert "server_compute_ms_p95" not in s
+
+    paths = tel.save(tmp_path / "run", plot=False)
+    rows = list(csv.DictReader(io.StringIO(paths["inferences_csv"].read_text())))
+    assert [r["server_compute_s"] for r in rows[:3]] == ["0.01", "0.03", ""]
+    assert [r["server_queue_s"] for r in rows[:2]] == ["0.001", ""] and rows[1]["transport_s"] == "0.002"
+    body = json.loads(paths["json"].read_text())
+    assert body["inferences"][0]["transport_s"] == 0.004 and body["inferences"][2]["transport_s"] is None
+    assert body["summary"]["transport_ms_p50"] == pytest.approx(4.0)
+
+
+def test_without_remote_timing_the_fields_are_nan_and_the_summary_has_no_percentiles(telemetry):
+    assert all(math.isnan(e.server_compute_s) and math.isnan(e.server_queue_s) and math.isnan(e.transport_s)
+               for e in telemetry.inferences)
+    s = telemetry.summary()
+    assert not [k for k in s if k.startswith(("server_", "transport_"))]
+    rows = list(csv.DictReader(io.StringIO(telemetry.inferences_csv())))
+    assert {r["transport_s"] for r in rows} == {""}

@@ -94,7 +94,7 @@ def test_adapter_validation(policy):
     np.testing.assert_array_equal(empty, naive)
     with pytest.raises(ValueError, match=r"execute_horizon must be an integer in \[1, horizon=8\]"):
         adapter(obs, None, 1, 0)
-    with pytest.raises(ValueError, match="estimated_delay must be an integer >= 0"):
+    with pytest.raises(ValueError, match="told_delay must be an integer >= 0"):
         adapter(obs, None, -1, 3)
     with pytest.raises(ValueError, match="method must be a rtchunk.torch method"):
         TorchChunkPolicy(policy.velocity_fn, horizon=H, action_dim=ACTION_DIM, method="rtc")

@@ -51,7 +51,7 @@ def test_trained_prefix_port_through_the_runtime(port):
     policy = TorchChunkPolicy.from_flow_policy(port, method=TrainedPrefix(), num_steps=3)
     tel, calls, robot = _run(policy)
     events = tel.inferences
-    assert len(events) >= 10 and all(e.status == "ok" and e.actual_delay == e.delay_given == 2 for e in events)
+    assert len(events) >= 10 and all(e.status == "ok" and e.actual_delay == e.told_delay == 2 for e in events)
     for (left, d, chunk), event in zip(calls[1:], events):
         np.testing.assert_array_equal(chunk[:d], left[:d])
         during = (tel.tick > event.start_tick) & (tel.tick <= event.end_tick)

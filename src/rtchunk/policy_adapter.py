@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from rtchunk.methods import BID, DEFAULT_NUM_STEPS, Method, check_num_steps
+from rtchunk.methods import BID, DEFAULT_NUM_STEPS, Method, check_num_steps, told_delay_bound
 
 
 class FlowChunkPolicy:
@@ -71,7 +71,7 @@ class FlowChunkPolicy:
         """How many times the sampler was compiled (1 after the first call, whatever the inputs)."""
         return self._sample._cache_size()
 
-    def __call__(self, observation, prev_chunk_leftover, estimated_delay, execute_horizon) -> np.ndarray:
+    def __call__(self, observation, prev_chunk_leftover, told_delay, execute_horizon) -> np.ndarray:
         h, a = self.horizon, self.action_dim
         obs = np.asarray(observation, np.float32)
         if obs.shape != (self.obs_dim,):
@@ -86,11 +86,12 @@ class FlowChunkPolicy:
             if execute_horizon != h - left.shape[0]:
                 raise ValueError(f"execute_horizon must be H - len(prev_chunk_leftover) = {h - left.shape[0]}, "
                                  f"got {execute_horizon}")
-            if not 0 <= estimated_delay <= left.shape[0]:
-                raise ValueError(f"estimated_delay must be in [0, len(prev_chunk_leftover) = {left.shape[0]}], "
-                                 f"got {estimated_delay}")
+            bound = told_delay_bound(self.method, h, execute_horizon)
+            if not 0 <= told_delay <= bound:
+                raise ValueError(f"told_delay must be in [0, told_delay_bound({type(self.method).__name__}, H={h}, "
+                                 f"s={execute_horizon}) = {bound}], got {told_delay}")
             prev[0, : left.shape[0]] = left
-            delay = estimated_delay
+            delay = told_delay
         index = self._calls
         self._calls += 1
         chunk = self._sample(self._weights, obs[None], prev, np.int32(delay), np.int32(execute_horizon), np.int32(index))

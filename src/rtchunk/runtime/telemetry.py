@@ -21,6 +21,7 @@ import numpy as np
 
 from rtchunk import metrics
 from rtchunk.files import atomic_write_bytes, atomic_write_text, to_jsonable
+from rtchunk.runtime.policies import TIMING_KEYS
 
 STATUSES = ("ok", "error", "invalid_output")
 
@@ -38,16 +39,21 @@ class InferenceEvent:
     start_index: int
     execute_horizon: int
     leftover_len: int
-    estimated_delay: int
-    """The estimator's value before clipping to leftover_len."""
-    delay_given: int
-    """The delay the policy was told: the estimate clipped to [0, leftover_len]."""
+    estimate: int
+    """What the delay estimator said, before the bound."""
+    told_delay: int
+    """The delay the policy was told: the estimate bounded to [0, ``rtchunk.methods.told_delay_bound``]
+    (leftover_len unless the policy's method freezes no prefix)."""
     actual_delay: int | None
     """Ticks from start to swap (the position the new chunk was entered at); None unless ok."""
     start_s: float
     end_s: float
     compute_s: float
     """Wall time inside the policy call (also under the simulated clock)."""
+    server_compute_s: float = math.nan
+    """From the policy's ``last_call_timing`` (a policy that runs elsewhere); NaN when it gave none."""
+    server_queue_s: float = math.nan
+    transport_s: float = math.nan
     error: str | None = None
 
 
@@ -146,7 +152,7 @@ class Telemetry:
         jitter_ms = self.jitter_s * 1e3
         jitter_ms = jitter_ms[np.isfinite(jitter_ms)]
         actual = np.array([e.actual_delay for e in ok], np.int64)
-        given = np.array([e.delay_given for e in ok], np.int64)
+        told = np.array([e.told_delay for e in ok], np.int64)
         latency_ms = np.array([(e.end_s - e.start_s) * 1e3 for e in ok])
         compute_ms = np.array([e.compute_s * 1e3 for e in self.inferences])
         out: dict[str, Any] = {
@@ -168,9 +174,15 @@ class Telemetry:
         out |= {f"delay_ticks_{k}": v for k, v in metrics.percentiles(actual).items()}
         out |= {f"latency_ms_{k}": v for k, v in metrics.percentiles(latency_ms).items()}
         out |= {f"compute_ms_{k}": v for k, v in metrics.percentiles(compute_ms).items()}
-        out["delay_given_mean"] = float(given.mean()) if given.size else math.nan
+        out["told_delay_mean"] = float(told.mean()) if told.size else math.nan
         # How often the delay was underestimated: the frozen prefix was too short for what really executed.
-        out["delay_underestimated"] = float((actual > given).mean()) if actual.size else math.nan
+        out["delay_underestimated"] = float((actual > told).mean()) if actual.size else math.nan
+        # Where a remote policy's time went, only when the policy reports it.
+        for key in TIMING_KEYS:
+            ms = np.array([getattr(e, key) * 1e3 for e in self.inferences])
+            ms = ms[np.isfinite(ms)]
+            if ms.size:
+                out |= {f"{key[:-2]}_ms_{k}": v for k, v in metrics.percentiles(ms, (50, 99)).items()}
         out |= metrics.seam_summary(self.seam_jumps())
         out |= metrics.smoothness(self.actions) if self.actions.shape[0] else {"max_delta_action": 0.0, "max_ddelta_action": 0.0}
         return out
@@ -199,7 +211,8 @@ class Telemetry:
             row = dataclasses.asdict(event)
             row["start_s"] -= self.start_s
             row["end_s"] -= self.start_s
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            writer.writerow({k: ("" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v)
+                             for k, v in row.items()})
         return buf.getvalue()
 
     def to_dict(self) -> dict[str, Any]:
@@ -244,7 +257,7 @@ class Telemetry:
         return paths
 
     def plot(self, path: Path) -> Path:
-        """Actions with swaps and starvation, tick jitter, and estimated vs actual delay, as one PNG."""
+        """Actions with swaps and starvation, tick jitter, and told vs actual delay, as one PNG."""
         import matplotlib
 
         matplotlib.use("Agg")
@@ -268,7 +281,7 @@ class Telemetry:
         ax = axes[2]
         ok = [e for e in self.inferences if e.status == "ok"]
         if ok:
-            ax.step([e.end_tick for e in ok], [e.delay_given for e in ok], where="post", label="delay given (estimate)")
+            ax.step([e.end_tick for e in ok], [e.told_delay for e in ok], where="post", label="told delay")
             ax.plot([e.end_tick for e in ok], [e.actual_delay for e in ok], "o", ms=3, label="actual delay")
         bad = [e for e in self.inferences if e.status != "ok"]
         if bad:

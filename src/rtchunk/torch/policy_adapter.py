@@ -1,6 +1,6 @@
 """A PyTorch flow policy as the asynchronous runtime's policy: numpy in, numpy out.
 
-The runtime calls ``policy(observation, prev_chunk_leftover, estimated_delay, execute_horizon) -> chunk``
+The runtime calls ``policy(observation, prev_chunk_leftover, told_delay, execute_horizon) -> chunk``
 from its inference thread. ``TorchChunkPolicy`` turns that call into ``rtchunk.torch.sample_chunk``:
 
 - ``observation``: an array or a (nested) dict/list/tuple of arrays; numpy arrays and tensors become
@@ -11,7 +11,9 @@ from its inference thread. ``TorchChunkPolicy`` turns that call into ``rtchunk.t
 - ``prev_chunk_leftover``: ``None`` for the first chunk, else the not-yet-executed actions of the current
   chunk, already shifted (index 0 executes at the new chunk's first step), shape [L, A] ([B, L, A] if
   batched), L <= H. It is zero-padded to H; the guidance ends at min(H - execute_horizon, L).
-- ``estimated_delay``: d, clipped to [0, that end] (a longer delay has no previous actions to freeze).
+- ``told_delay``: d >= 0, clipped to ``rtchunk.methods.told_delay_bound(method, H, s)`` with s raised to
+  H - L for a short leftover, i.e. to that end for a method that freezes a prefix (a longer delay has no
+  previous actions to freeze).
 - Returns the new chunk as float32 numpy [H, A] ([B, H, A] if batched).
 
 Without a leftover, every method samples like ``Naive`` (there is nothing to continue).
@@ -24,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from rtchunk.methods import told_delay_bound
 from rtchunk.torch.sampling import (
     BID,
     GUIDED,
@@ -51,7 +54,7 @@ def _batch_size(tree) -> int:
 
 
 class TorchChunkPolicy:
-    """``(observation, prev_chunk_leftover, estimated_delay, execute_horizon) -> chunk`` for a PyTorch policy."""
+    """``(observation, prev_chunk_leftover, told_delay, execute_horizon) -> chunk`` for a PyTorch policy."""
 
     def __init__(
         self,
@@ -121,14 +124,14 @@ class TorchChunkPolicy:
         padded[:, :length] = prev
         return padded, length
 
-    def __call__(self, observation, prev_chunk_leftover, estimated_delay, execute_horizon) -> np.ndarray:
+    def __call__(self, observation, prev_chunk_leftover, told_delay, execute_horizon) -> np.ndarray:
         h = self.horizon
         if execute_horizon is None and prev_chunk_leftover is None:
             execute_horizon = h  # the runtime's first call: nothing executed yet, nothing to continue
         if not isinstance(execute_horizon, (int, np.integer)) or not 1 <= execute_horizon <= h:
             raise ValueError(f"execute_horizon must be an integer in [1, horizon={h}], got {execute_horizon!r}")
-        if not isinstance(estimated_delay, (int, np.integer)) or estimated_delay < 0:
-            raise ValueError(f"estimated_delay must be an integer >= 0, got {estimated_delay!r}")
+        if not isinstance(told_delay, (int, np.integer)) or told_delay < 0:
+            raise ValueError(f"told_delay must be an integer >= 0, got {told_delay!r}")
         observation = self._to_torch(observation)
         batch = _batch_size(observation) if self.batched else 1
         if batch < 1:
@@ -138,7 +141,7 @@ class TorchChunkPolicy:
             prev, length = self._leftover(prev_chunk_leftover, batch)
             # Guidance ends where the leftover does if that comes first: end = H - s  ->  s' = max(s, H - L).
             s = max(s, h - length)
-            delay = min(int(estimated_delay), h - s)
+            delay = min(int(told_delay), told_delay_bound(method, h, s))
         if prev is None or length == 0:
             method, prev = Naive(), None
         noise = torch.randn((batch, h, self.action_dim), generator=self.generator, dtype=self.dtype, device=self.device)
