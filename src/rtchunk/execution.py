@@ -15,6 +15,9 @@ import numpy as np
 def executed_action(chunk_action, index, horizon: int, last_action, xp=np):
     """(action, starved): ``chunk_action`` (the chunk's entry at ``index``, any value where ``index`` is past
     the end) while ``index < horizon``, else ``last_action``. ``index`` may be batched ([B]) with actions [B, A]."""
+    if isinstance(index, (int, np.integer)):  # the runtime, once per tick: no array operations on the hot path
+        starved = bool(index >= horizon)
+        return (last_action if starved else chunk_action), starved
     starved = xp.asarray(index) >= horizon
     action = xp.where(starved[..., None], last_action, chunk_action)
     return action, starved
