@@ -118,8 +118,10 @@ class RemotePolicy:
         from websockets.sync.client import connect
 
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
+        # Entering the context is what every websockets version from 15 on accepts without a warning;
+        # the connection is closed by close() / _drop().
         ws = connect(self.url, compression=None, max_size=self.max_frame_bytes, additional_headers=headers,
-                     open_timeout=self.open_timeout_s, proxy=None)
+                     open_timeout=self.open_timeout_s, proxy=None).__enter__()
         try:
             frame = ws.recv(timeout=self.open_timeout_s)
             meta = protocol.unpackb(frame)
@@ -231,7 +233,11 @@ class RemotePolicy:
         frame = protocol.packb(self.request(observation, prev_chunk_leftover, told_delay, execute_horizon))
         self.calls += 1
         if self._ws is None:
-            self._reconnect()
+            try:
+                self._reconnect()
+            except Exception:
+                self.failures += 1
+                raise
         ws = self._ws
         start = time.perf_counter()
         try:

@@ -7,7 +7,7 @@ arrived within ``max_wait_ms`` of it (it starts sooner once full); requests that
 previous batch was computing leave as soon as the worker is free. Each request keeps its own leftover,
 delay, execute horizon and noise, so a batched chunk is the chunk the request would get alone. Since a
 connection has one request in flight at a time, a batch also starts at once when every open connection
-has its request queued: one robot alone never waits ``max_wait_ms``.
+has a request in flight: one robot alone never waits ``max_wait_ms``.
 
 A request that breaks the protocol gets a one-line text frame naming the bad key and its connection is
 closed with code 1011 (as openpi's server does); every other connection carries on. A frame over
@@ -126,7 +126,8 @@ class PolicyServer:
         self.port: int | None = None
         self._queue: deque[_Pending] = deque()
         self._counter = 0
-        self._open = 0  # connections open now: each has at most one request in flight
+        self._open = 0  # connections open now
+        self._in_flight = 0  # requests queued or being sampled, not answered yet (at most one per connection)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._arrived: asyncio.Event | None = None
@@ -243,6 +244,7 @@ class PolicyServer:
                     seed, index = request.seed, 0
                 future = self._loop.create_future()
                 self._queue.append(_Pending(request, future, arrival, websocket, seed, index))
+                self._in_flight += 1
                 self._arrived.set()
                 try:
                     chunk, infer_ms, queue_ms, size = await future
@@ -252,6 +254,8 @@ class PolicyServer:
                     logger.exception("sampling failed")
                     await self._refuse(websocket, f"server: sampling failed: {type(e).__name__}: {e}")
                     return
+                finally:
+                    self._in_flight -= 1
                 await websocket.send(protocol.reply(chunk, infer_ms, queue_ms, size))
                 self.stats.replies += 1
         except ConnectionClosed:
@@ -302,8 +306,8 @@ class PolicyServer:
                 await self._arrived.wait()
             first = self._queue[0]
             deadline = first.arrival + wait_s
-            # Waiting longer cannot fill the batch once every open connection has its request queued.
-            while self._count(first.request.method) < self.config.max_batch and len(self._queue) < self._open:
+            # Waiting longer cannot fill the batch once no open connection is free to send a request.
+            while self._count(first.request.method) < self.config.max_batch and self._in_flight < self._open:
                 remaining = deadline - time.perf_counter()
                 if remaining <= 0:
                     break
