@@ -76,3 +76,29 @@ def spawn_toy_server(port: int, compute_s: float = 0.0, timeout: float = 60.0) -
         proc.kill()
         raise RuntimeError(f"the toy server did not start: {line!r} {proc.stderr.read()[-2000:]}")
     return proc
+
+
+TINY = dict(channel_dim=32, channel_hidden_dim=64, token_hidden_dim=16, num_layers=1, horizon=H)
+LEVEL = "toy_level"
+TRAINED_MAX_DELAY = 2
+
+
+def write_checkpoints(root: Path) -> dict[str, Path]:
+    """Tiny flow policies laid out as `rtchunk train-policy` writes them: a plain run with two epochs
+    (the last one is served) and a prefix-trained run (``training_delays`` in its meta)."""
+    import flax.nnx as nnx
+
+    from rtchunk.checkpoints import save_policy
+    from rtchunk.model import FlowPolicy
+    from rtchunk.model_config import ModelConfig
+
+    config = ModelConfig(**TINY)
+    paths = {"run": root / "policy", "prefix_run": root / "policy_rtc"}
+    for epoch in (0, 1):
+        save_policy(paths["run"] / LEVEL / f"epoch_{epoch:03d}", FlowPolicy(OBS, ACT, config, rngs=nnx.Rngs(epoch)),
+                    {"level": LEVEL})
+    delays = {"min_delay": 0, "max_delay": TRAINED_MAX_DELAY, "distribution": "exp", "decay": 1.0}
+    save_policy(paths["prefix_run"] / LEVEL / "epoch_000", FlowPolicy(OBS, ACT, config, rngs=nnx.Rngs(7)),
+                {"level": LEVEL, "training_delays": delays})
+    paths["last"] = paths["run"] / LEVEL / "epoch_001"
+    return paths
