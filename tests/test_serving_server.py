@@ -213,3 +213,15 @@ def test_server_config_names_the_bad_flag():
     with pytest.raises(ValueError, match="--method: unknown 'rtx'"):
         PolicyServer(ToyBackend(), ServerConfig(method="rtx"))
 
+
+
+def test_sampling_on_the_event_loop_thread_batches_and_answers_the_same():
+    backend = ToyBackend(OBS, H, ACT, compute_s=0.02)
+    with toy_server(backend, max_wait_ms=2000.0, max_batch=4, sample_in_loop=True) as srv:
+        replies = _concurrent(srv.url, 3, lambda i: request(seed=i))
+        assert backend.batch_sizes == [3]
+        with toy_server(ToyBackend(OBS, H, ACT)) as threaded:
+            ws, _ = raw_connect(threaded.url)
+            with ws:
+                for i, r in enumerate(replies):
+                    np.testing.assert_array_equal(r["actions"], infer(ws, request(seed=i))["actions"])

@@ -23,6 +23,9 @@ from typing import Any, Mapping
 import msgpack
 import numpy as np
 
+from rtchunk.choices import unknown_choice
+from rtchunk.methods import TrainedPrefix, told_delay_bound
+
 PROTOCOL_VERSION = 1
 
 OBSERVATION_KEY = "observation/state"
@@ -153,8 +156,6 @@ class ServedPolicy:
                              f"got {self.default_method!r}")
 
     def delay_bound(self, method: str, execute_horizon: int) -> int:
-        from rtchunk.methods import TrainedPrefix, told_delay_bound
-
         method_obj = self.methods[method]
         bound = told_delay_bound(method_obj, self.horizon, execute_horizon)
         if isinstance(method_obj, TrainedPrefix) and self.max_trained_delay is not None:
@@ -195,8 +196,6 @@ def _integer(value, key: str, low: int, high: int, what: str) -> int:
 
 def parse_request(frame, served: ServedPolicy) -> Request:
     """Decode and check one request frame; ``ProtocolError`` naming the key on any problem."""
-    from rtchunk.choices import unknown_choice
-
     obj = unpackb(frame)
     if not isinstance(obj, dict):
         raise ProtocolError("frame", f"a request must be a map of observation keys, got a {type(obj).__name__}")
