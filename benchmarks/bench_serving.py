@@ -8,11 +8,13 @@
 2. Concurrency: 1, 2, 4, 8, 16 clients (threads of this process, each its own connection) asking back to
    back for RTC chunks (leftover of 5, d = 2, s = 3) from ``rtchunk serve`` running the demo's model size
    (random weights: the cost does not depend on them), batched (``--max-batch 16``) and one request at a
-   time (``--max-batch 1``). Reports chunks/s and the round trip's p50 / p99. Target: >= 3x the
-   throughput at 8 clients.
+   time (``--max-batch 1``), both servers up at once and the two modes alternating. Reports chunks/s and
+   the round trip's p50 / p99 (p99: the worst of the rounds). Target: >= 3x the throughput at 8 clients.
+3. The JAX backend's RTC call in process for each bucket size: how far batching can cut the compute
+   per chunk on this machine, which bounds the ratio of part 2.
 
-    python benchmarks/bench_serving.py                  # about 3 min on 2 cores (compiles included)
-    python benchmarks/bench_serving.py --duration-s 1   # quicker
+    python benchmarks/bench_serving.py                  # about 4 min on 2 cores (compiles included)
+    python benchmarks/bench_serving.py --duration-s 1 --rounds 1 --overhead-calls 200   # smoke check
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 @dataclasses.dataclass(frozen=True)
 class BenchConfig:
-    duration_s: float = 3.0
-    """Seconds per concurrency run."""
+    duration_s: float = 4.0
+    """Seconds per client count and mode (split into ``rounds`` alternating runs)."""
+    rounds: int = 4
     overhead_calls: int = 2000
     """Calls per chunk size in the overhead runs."""
     clients: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -168,29 +171,74 @@ def _clients(url: str, n: int, duration_s: float, obs_dim: int) -> dict:
 
 
 def concurrency(config: BenchConfig) -> list[dict]:
+    """Both servers run at once; for each client count the two modes alternate ``rounds`` times, so a
+    busy moment of the machine lands on both (the ratio is what this measures)."""
     import flax.nnx as nnx
 
     from rtchunk.checkpoints import save_policy
     from rtchunk.demo import DEMO_MODEL
     from rtchunk.model import FlowPolicy
 
+    modes = (("batched", max(config.clients)), ("one at a time", 1))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         save_policy(Path(tmp) / "policy", FlowPolicy(config.obs_dim, config.action_dim, DEMO_MODEL, rngs=nnx.Rngs(0)))
-        for mode, max_batch in (("batched", max(config.clients)), ("one at a time", 1)):
-            cmd = [sys.executable, "-m", "rtchunk.cli", "serve", "--policy-dir", str(Path(tmp) / "policy"),
-                   "--port", "0", "--method", "rtc", "--max-batch", str(max_batch), "--max-wait-ms", str(config.max_wait_ms)]
-            t = time.perf_counter()
-            proc, port = _start(cmd, r"on ws://127\.0\.0\.1:(\d+)")
-            print(f"  {mode}: server ready after {time.perf_counter() - t:.0f} s (compiling every bucket)", flush=True)
-            try:
-                for n in config.clients:
-                    row = {"mode": mode, **_clients(f"ws://127.0.0.1:{port}", n, config.duration_s, config.obs_dim)}
+        servers = {}
+        try:
+            for mode, max_batch in modes:
+                cmd = [sys.executable, "-m", "rtchunk.cli", "serve", "--policy-dir", str(Path(tmp) / "policy"),
+                       "--port", "0", "--method", "rtc", "--max-batch", str(max_batch),
+                       "--max-wait-ms", str(config.max_wait_ms)]
+                t = time.perf_counter()
+                servers[mode] = _start(cmd, r"on ws://127\.0\.0\.1:(\d+)")
+                print(f"  {mode}: server ready after {time.perf_counter() - t:.0f} s (compiling every bucket)", flush=True)
+            for n in config.clients:
+                parts = {mode: [] for mode, _ in modes}
+                for _ in range(config.rounds):
+                    for mode, _ in modes:
+                        url = f"ws://127.0.0.1:{servers[mode][1]}"
+                        parts[mode].append(_clients(url, n, config.duration_s / config.rounds, config.obs_dim))
+                for mode, _ in modes:
+                    runs = parts[mode]
+                    row = {"mode": mode, "clients": n,
+                           "chunks_per_s": float(np.mean([r["chunks_per_s"] for r in runs])),
+                           "p50_ms": float(np.median([r["p50_ms"] for r in runs])),
+                           "p99_ms": float(np.max([r["p99_ms"] for r in runs])),
+                           "mean_batch": float(np.mean([r["mean_batch"] for r in runs]))}
                     print(f"  {mode:13s} {n:2d} clients: {row['chunks_per_s']:7.1f} chunks/s, p50 {row['p50_ms']:6.1f} ms, "
                           f"p99 {row['p99_ms']:6.1f} ms, mean batch {row['mean_batch']:.1f}", flush=True)
                     rows.append(row)
-            finally:
+        finally:
+            for proc, _ in servers.values():
                 _stop(proc)
+    return rows
+
+
+def sampling_cost(config: BenchConfig) -> list[dict]:
+    """The JAX backend's RTC call in this process, per bucket: what batching can save in compute alone."""
+    import flax.nnx as nnx
+
+    from rtchunk.demo import DEMO_MODEL
+    from rtchunk.model import FlowPolicy
+    from rtchunk.serving.backends import SampleBatch
+    from rtchunk.serving.jax_backend import JaxBackend
+
+    h, a, o = DEMO_MODEL.horizon, config.action_dim, config.obs_dim
+    backend = JaxBackend(FlowPolicy(o, a, DEMO_MODEL, rngs=nnx.Rngs(0)), max_batch=max(config.clients),
+                         method_names=("rtc",))
+    rows = []
+    for b in backend.buckets:
+        batch = SampleBatch(np.zeros((b, o), np.float32), np.zeros((b, h, a), np.float32), np.full(b, 2, np.int32),
+                            np.full(b, 3, np.int32), np.zeros(b, np.uint32), np.arange(b, dtype=np.uint32))
+        backend.sample("rtc", batch)
+        times = []
+        for _ in range(20):
+            t = time.perf_counter()
+            backend.sample("rtc", batch)
+            times.append(time.perf_counter() - t)
+        ms = float(np.median(times) * 1e3)
+        rows.append({"batch": b, "ms": ms, "ms_per_chunk": ms / b})
+        print(f"  batch {b:2d}: {ms:6.2f} ms, {ms / b:5.2f} ms per chunk", flush=True)
     return rows
 
 
@@ -210,9 +258,12 @@ def main(config: BenchConfig) -> int:
         b = next(r for r in rows if r["mode"] == "batched" and r["clients"] == n)
         s = next(r for r in rows if r["mode"] == "one at a time" and r["clients"] == n)
         print(f"  {n:2d} clients: batched / one at a time = {b['chunks_per_s'] / s['chunks_per_s']:.2f}x")
+    print("in-process RTC sampling per batch (the JAX backend, no server):", flush=True)
+    cost = sampling_cost(config)
     if config.out is not None:
         config.out.mkdir(parents=True, exist_ok=True)
-        (config.out / "results.json").write_text(json.dumps({"overhead": over, "concurrency": rows}, indent=2))
+        (config.out / "results.json").write_text(json.dumps({"overhead": over, "concurrency": rows,
+                                                             "sampling": cost}, indent=2))
     return 0
 
 

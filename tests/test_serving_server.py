@@ -225,3 +225,29 @@ def test_sampling_on_the_event_loop_thread_batches_and_answers_the_same():
             with ws:
                 for i, r in enumerate(replies):
                     np.testing.assert_array_equal(r["actions"], infer(ws, request(seed=i))["actions"])
+
+
+class FailsOnce(ToyBackend):
+    def __init__(self):
+        super().__init__(OBS, H, ACT)
+        self.failed = False
+
+    def sample(self, method, batch):
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("out of memory")
+        return super().sample(method, batch)
+
+
+def test_a_failing_sampler_answers_its_batch_with_an_error_and_the_server_stays_up():
+    with toy_server(FailsOnce()) as srv:
+        ws, _ = raw_connect(srv.url)
+        with ws:
+            ws.send(protocol.packb(request()))
+            message = ws.recv(timeout=10)
+            assert message == "server: sampling failed: RuntimeError: out of memory"
+            with pytest.raises(ConnectionClosed):
+                ws.recv(timeout=10)
+        ws, _ = raw_connect(srv.url)
+        with ws:
+            assert infer(ws, request())["actions"].shape == (H, ACT)

@@ -322,18 +322,19 @@ class PolicyServer:
             await self._run_batch(batch)
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        reqs = [p.request for p in batch]
-        arrays = SampleBatch(
-            observation=np.stack([r.observation for r in reqs]),
-            prev_chunk=np.stack([r.prev_chunk for r in reqs]),
-            inference_delay=np.array([r.inference_delay for r in reqs], np.int32),
-            execute_horizon=np.array([r.execute_horizon for r in reqs], np.int32),
-            seed=np.array([p.noise_seed for p in batch], np.uint32),
-            noise_index=np.array([p.noise_index % 2**32 for p in batch], np.uint32),
-        )
-        method = reqs[0].method
         start = time.perf_counter()
         try:
+            reqs = [p.request for p in batch]
+            arrays = SampleBatch(
+                observation=np.stack([r.observation for r in reqs]),
+                prev_chunk=np.stack([r.prev_chunk for r in reqs]),
+                inference_delay=np.array([r.inference_delay for r in reqs], np.int32),
+                execute_horizon=np.array([r.execute_horizon for r in reqs], np.int32),
+                seed=np.array([p.noise_seed for p in batch], np.uint32),
+                noise_index=np.array([p.noise_index % 2**32 for p in batch], np.uint32),
+            )
+            method = reqs[0].method
+            start = time.perf_counter()
             if self.config.sample_in_loop:
                 chunks = self.backend.sample(method, arrays)
             else:
@@ -342,7 +343,7 @@ class PolicyServer:
             expected = (len(batch), self.served.horizon, self.served.action_dim)
             if chunks.shape != expected:
                 raise ValueError(f"the backend returned chunks of shape {chunks.shape}, expected {expected}")
-        except Exception as e:  # noqa: BLE001 -- handed to each waiting connection
+        except Exception as e:  # noqa: BLE001 -- handed to each waiting connection; the server carries on
             self._free_since = time.perf_counter()
             self._in_flight -= len(batch)
             for p in batch:
