@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtchunk.methods import RTC, MethodSettings, Naive
+from rtchunk.methods import RTC, MethodSettings
 from rtchunk.serving.backends import SampleBatch
 from rtchunk.serving.checkpoint import find_checkpoint, load_backend
 from rtchunk.serving.client import RemotePolicy, ServerError
@@ -137,10 +137,9 @@ def test_the_torch_backend_gets_the_torch_adapters_chunk_for_the_same_seed(paths
     batch = batch_of(3, seed=11)
     batch = SampleBatch(batch.observation, batch.prev_chunk, batch.inference_delay, batch.execute_horizon,
                         batch.seed, np.zeros(3, np.uint32))
-    for name, method in (("rtc", RTC()), ("naive", Naive())):
-        served = backend.sample(name, batch)  # rows 0 and 1 share an execute horizon: one call
-        for i in range(3):
-            s, d = int(batch.execute_horizon[i]), int(batch.inference_delay[i])
-            local = TorchChunkPolicy.from_flow_policy(policy, method=method, seed=int(batch.seed[i]))
-            expected = local(batch.observation[i], batch.prev_chunk[i, : H - s], d, s)
-            np.testing.assert_allclose(served[i], expected, rtol=1e-5, atol=1e-5)
+    served = backend.sample("rtc", batch)  # rows 0 and 1 share an execute horizon: one call
+    for i in range(3):
+        s, d = int(batch.execute_horizon[i]), int(batch.inference_delay[i])
+        local = TorchChunkPolicy.from_flow_policy(policy, method=RTC(), seed=int(batch.seed[i]))
+        expected = local(batch.observation[i], batch.prev_chunk[i, : H - s], d, s)
+        np.testing.assert_allclose(served[i], expected, rtol=1e-5, atol=1e-5)

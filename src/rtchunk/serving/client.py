@@ -59,6 +59,7 @@ class RemotePolicy:
     each request's noise, an integer makes call k send ``rtc/seed = seed + k`` (a reproducible run);
     ``call_timeout_s``: give up on a reply after that long (the connection is then dropped, since a late
     reply would answer the wrong request); ``open_timeout_s``: one connection attempt's limit.
+    One call at a time (the runtime's inference thread); use one ``RemotePolicy`` per thread otherwise.
     """
 
     def __init__(
