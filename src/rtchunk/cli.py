@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate-data": ("rtchunk.kinetix.generate:main", "record expert data for behaviour cloning"),
     "train-policy": ("rtchunk.kinetix.bc:main", "train flow policies on expert data (optionally training-time RTC)"),
     "live": ("rtchunk.kinetix.live:main", "a level in wall-clock time driven by the async runtime, +injected latency"),
+    "serve": ("rtchunk.commands.serve:main", "serve a policy over openpi's websocket protocol, with RTC and batching"),
 }
 
 

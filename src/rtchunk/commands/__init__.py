@@ -1,0 +1,1 @@
+"""The ``rtchunk`` subcommands, one module each: parse a frozen config, call the library, print where."""
