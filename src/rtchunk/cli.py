@@ -17,6 +17,7 @@ import importlib
 import inspect
 import logging
 import os
+import re
 import sys
 import typing
 from pathlib import Path
@@ -114,28 +115,67 @@ class _Rejected(ValueError):
     """A ValueError tyro caught while building the config, re-raised so that it ends as one line."""
 
 
+def _flag(argument) -> str:
+    return "/".join(argument.lowered.name_or_flags)
+
+
+def _name_the_flag(message: str, prefix: str = "") -> str:
+    """"batch_size must be ..." -> "--batch-size must be ...": a config field's message names its flag."""
+    field = re.match(r"([a-z][a-z0-9_]*) must\b", message)
+    if not field:
+        return f"--{prefix}.*: {message}" if prefix and not message.startswith("-") else message
+    return f"--{prefix + '.' if prefix else ''}{field.group(1).replace('_', '-')}{message[field.end(1):]}"
+
+
+def _parse_error_message(event, errors) -> str | None:
+    """One line for a tyro parse failure, or None to leave it to tyro (its multi-line box, exit code 2)."""
+    if isinstance(event, errors.InstantiationFailure):
+        if event.argument is not None:  # a value tyro could not convert
+            return f"{_flag(event.argument)}: {event.message}"
+        # A __post_init__ rejected a value. tyro calls the hook while handling that error: the prefix of the
+        # nested config it came from is on the exception.
+        prefix = getattr(sys.exc_info()[1], "arg", None)
+        return _name_the_flag(str(event.message), prefix if isinstance(prefix, str) else "")
+    if isinstance(event, errors.InvalidChoice):
+        return str(unknown_choice(_flag(event.argument), event.value, event.choices))
+    if isinstance(event, errors.BadValue):
+        value = f" {event.offending_value!r}" if event.offending_value is not None else ""
+        return f"{_flag(event.argument)}: bad value{value} ({event.reason})"
+    if isinstance(event, errors.UnrecognizedArgs):
+        return (f"unrecognized arguments: {' '.join(event.tokens)} (see rtchunk {event.prog.split()[-1]} --help; the "
+                f"options of a nested choice such as estimator:max-estimator come after its name)")
+    if isinstance(event, errors.MissingArgs):
+        return f"missing required argument(s): {', '.join(_flag(a.arg) for a in event.missing_arguments)}"
+    return None
+
+
 def _tyro_cli(target, **kwargs):
-    """``tyro.cli``, where a ValueError from building the config (a ``__post_init__``) is raised as
-    ``_Rejected`` (prefixed with the nested config it came from) instead of tyro's error box."""
+    """``tyro.cli``, where a rejected input is raised as ``_Rejected`` (one line) instead of tyro's box."""
     import tyro
 
     try:
         errors = importlib.import_module("tyro._errors")
-        on_parse_error, failure = errors.on_parse_error, errors.InstantiationFailure
+        on_parse_error = errors.on_parse_error
     except (ImportError, AttributeError):  # an older tyro: its own error box (still exit code 2)
         return tyro.cli(target, **kwargs)
 
     def hook(event):
-        if isinstance(event, failure):
-            # tyro calls the hook while handling the error: the nested config's prefix is on the exception.
-            prefix = getattr(sys.exc_info()[1], "arg", None)
-            message = str(event.message)
-            if isinstance(prefix, str) and prefix and not message.startswith("-"):
-                message = f"--{prefix}.*: {message}"  # the message names a field of that nested config
+        try:
+            message = _parse_error_message(event, errors)
+        except (AttributeError, TypeError):  # an event of another tyro version: tyro reports it itself
+            message = None
+        if message is not None:
             raise _Rejected(message)
 
     with on_parse_error(hook):
-        return tyro.cli(target, **kwargs)
+        if not inspect.isclass(target):  # a command function: its own errors are not about flags
+            return tyro.cli(target, **kwargs)
+        try:
+            return tyro.cli(target, **kwargs)
+        except _Rejected:
+            raise
+        except ValueError as e:  # tyro lets a flattened nested config's ValueError through unchanged
+            raise _Rejected(_name_the_flag(str(e))) from e
 
 
 def run_command(name: str, args: list[str]) -> int:
