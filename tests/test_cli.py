@@ -126,7 +126,7 @@ CASES = [
     (EVAL + ["--num-flow-steps", "0"], "--num-flow-steps must be an integer >= 1"),
     (EVAL + ["--video-envs", "-1"], "--video-envs must be an integer >= 0"),
     (EVAL + ["--video-rows", "rct:2"], "--video-rows: unknown 'rct' (did you mean 'rtc'?)"),
-    (EVAL + ["--shard", "3/2"], "--shard i/n needs 0 <= i < n"),
+    (EVAL + ["--shard", "3/2"], "--shard must be i/n with 0 <= i < n"),
     (EVAL + ["--method-settings.bid-samples", "0"], "--method-settings.bid-samples must be an integer >= 1"),
     (EVAL + ["estimator:max-estimator", "--estimator.window", "0"], "--estimator.window must be >= 1"),
     (EVAL + ["--model.horizon", "0"], "--model.horizon must be a positive integer"),

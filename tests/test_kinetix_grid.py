@@ -27,9 +27,9 @@ def test_stochastic_profiles_take_the_horizons_around_their_median():
 
 
 def test_execute_horizons_and_delays_must_fit_the_chunk():
-    with pytest.raises(ValueError, match=r"--execute-horizons must be in \[1, H=8\]"):
+    with pytest.raises(ValueError, match=r"execute_horizons must be in \[1, H=8\]"):
         grid.grid(H, ("fixed",), (1,), execute_horizons=(9,))
-    with pytest.raises(ValueError, match="--delays must be >= 0"):
+    with pytest.raises(ValueError, match="delays must be >= 0"):
         grid.grid(H, ("fixed",), (-1,))
     with pytest.raises(ValueError, match="exceeds H=8"):
         grid.grid(H, ("fixed",), (9,), shortest_horizon_only=True)

@@ -27,7 +27,7 @@ def test_eval_values_and_result_files(tmp_path):
     assert results.results_path(tmp_path) == tmp_path / "results.csv"
     assert results.results_path(tmp_path, "1/3") == tmp_path / "results.shard-1-of-3.csv"
     for bad in ("3/3", "a/b", "1"):
-        with pytest.raises(ValueError, match="--shard"):
+        with pytest.raises(ValueError, match="shard must"):
             results.parse_shard(bad)
 
 

@@ -119,12 +119,34 @@ def _flag(argument) -> str:
     return "/".join(argument.lowered.name_or_flags)
 
 
-def _name_the_flag(message: str, prefix: str = "") -> str:
+def _flags(config_type, prefix: str = "") -> dict[str, str]:
+    """{field name: its flag} over a config's dataclass tree, as tyro names them (a nested config adds
+    ``name.``, a flattened one nothing); a name used twice with different flags is left out."""
+    out: dict[str, str] = {}
+    ambiguous: set[str] = set()
+    hints = typing.get_type_hints(config_type, include_extras=True)
+    for field in dataclasses.fields(config_type):
+        hint = hints.get(field.name)
+        flattened = any(getattr(m, "name", None) == "" for m in getattr(hint, "__metadata__", ()))
+        inner = typing.get_args(hint)[0] if hasattr(hint, "__metadata__") else hint
+        dashed = field.name.replace("_", "-")
+        nested = [t for t in (typing.get_args(inner) or (inner,)) if dataclasses.is_dataclass(t)]
+        entries = {field.name: f"--{prefix}{dashed}"}
+        for t in nested:
+            entries.update(_flags(t, prefix if flattened else f"{prefix}{dashed}."))
+        for name, flag in entries.items():
+            if out.get(name, flag) != flag:
+                ambiguous.add(name)
+            out[name] = flag
+    return {k: v for k, v in out.items() if k not in ambiguous}
+
+
+def _name_the_flag(message: str, flags: dict[str, str]) -> str:
     """"batch_size must be ..." -> "--batch-size must be ...": a config field's message names its flag."""
     field = re.match(r"([a-z][a-z0-9_]*) must\b", message)
-    if not field:
-        return f"--{prefix}.*: {message}" if prefix and not message.startswith("-") else message
-    return f"--{prefix + '.' if prefix else ''}{field.group(1).replace('_', '-')}{message[field.end(1):]}"
+    if not field or field.group(1) not in flags:
+        return message
+    return flags[field.group(1)] + message[field.end(1):]
 
 
 def _parse_error_message(event, errors) -> str | None:
@@ -135,7 +157,12 @@ def _parse_error_message(event, errors) -> str | None:
         # A __post_init__ rejected a value. tyro calls the hook while handling that error: the prefix of the
         # nested config it came from is on the exception.
         prefix = getattr(sys.exc_info()[1], "arg", None)
-        return _name_the_flag(str(event.message), prefix if isinstance(prefix, str) else "")
+        message = str(event.message)
+        if isinstance(prefix, str) and prefix and not message.startswith("-"):
+            field = re.match(r"([a-z][a-z0-9_]*) must\b", message)
+            flag = f"--{prefix}.{field.group(1).replace('_', '-')}" if field else None
+            return flag + message[field.end(1):] if flag else f"--{prefix}.*: {message}"
+        return message
     if isinstance(event, errors.InvalidChoice):
         return str(unknown_choice(_flag(event.argument), event.value, event.choices))
     if isinstance(event, errors.BadValue):
@@ -175,7 +202,7 @@ def _tyro_cli(target, **kwargs):
         except _Rejected:
             raise
         except ValueError as e:  # tyro lets a flattened nested config's ValueError through unchanged
-            raise _Rejected(_name_the_flag(str(e))) from e
+            raise _Rejected(str(e)) from e
 
 
 def run_command(name: str, args: list[str]) -> int:
@@ -223,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     except INPUT_ERRORS as e:
         if debug:
             raise
-        print(f"rtchunk {name}: error: {_one_line(e)}", file=sys.stderr, flush=True)
+        config_type = _config_type(command_module(name).main)
+        message = _name_the_flag(_one_line(e), _flags(config_type) if config_type else {})
+        print(f"rtchunk {name}: error: {message}", file=sys.stderr, flush=True)
         return 2
 
 

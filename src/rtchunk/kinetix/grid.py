@@ -83,7 +83,7 @@ def grid(horizon: int, profiles: Sequence[str] = ("fixed",), delays: Sequence[in
     max(d, 1) .. H - d for each d (only s = max(d, 1) with ``shortest_horizon_only``)."""
     for s in execute_horizons:
         if not 1 <= s <= horizon:
-            raise ValueError(f"--execute-horizons must be in [1, H={horizon}] (the policy's chunk horizon), got {s}")
+            raise ValueError(f"execute_horizons must be in [1, H={horizon}] (the policy's chunk horizon), got {s}")
     points = []
 
     def horizons_for(d: int):
@@ -95,7 +95,7 @@ def grid(horizon: int, profiles: Sequence[str] = ("fixed",), delays: Sequence[in
         if name == "fixed":
             for d in delays:
                 if d < 0:
-                    raise ValueError(f"--delays must be >= 0, got {d}")
+                    raise ValueError(f"delays must be >= 0, got {d}")
                 points += [GridPoint("fixed", d, s, delays_lib.FixedDelay(d)) for s in horizons_for(d)]
         else:
             profile = parse_profile(name)

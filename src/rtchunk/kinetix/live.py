@@ -71,22 +71,22 @@ class LiveConfig:
 
     def __post_init__(self):
         if not self.methods:
-            raise ValueError(f"--methods must name at least one of {', '.join(LIVE_METHODS)}")
+            raise ValueError(f"methods must name at least one of {', '.join(LIVE_METHODS)}")
         check_method_names(self.methods, "--methods", allowed=LIVE_METHODS)
         if not self.extra_latency_ms:
-            raise ValueError("--extra-latency-ms must hold at least one latency (0 for none)")
+            raise ValueError("extra_latency_ms must hold at least one latency (0 for none)")
         for ms in self.extra_latency_ms:
             if not (math.isfinite(ms) and 0 <= ms <= 10_000):
-                raise ValueError(f"--extra-latency-ms must be in [0, 10000] ms, got {ms}")
+                raise ValueError(f"extra_latency_ms must be in [0, 10000] ms, got {ms}")
         if not (math.isfinite(self.control_hz) and 0 < self.control_hz <= 1000):
-            raise ValueError(f"--control-hz must be in (0, 1000], got {self.control_hz}")
+            raise ValueError(f"control_hz must be in (0, 1000], got {self.control_hz}")
         if not isinstance(self.replan, (Paper, SinceSwap, Queue)):
-            raise ValueError(f"--replan must be paper, since-swap or queue, got {self.replan!r}")
-        for name, value in (("--episodes", self.episodes), ("--num-flow-steps", self.num_flow_steps)):
+            raise ValueError(f"replan must be paper, since-swap or queue, got {self.replan!r}")
+        for name, value in (("episodes", self.episodes), ("num_flow_steps", self.num_flow_steps)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.max_timesteps is not None and self.max_timesteps < 1:
-            raise ValueError(f"--max-timesteps must be >= 1, got {self.max_timesteps}")
+            raise ValueError(f"max_timesteps must be >= 1, got {self.max_timesteps}")
 
 
 class ClipDelay:
@@ -291,7 +291,7 @@ def run(config: LiveConfig, log: Callable[[str], None] = lambda message: None) -
     try:
         check_condition(config.replan, horizon)
     except ValueError as e:
-        raise ValueError(f"--replan: {e}") from None
+        raise ValueError(f"replan: {e}") from None
 
     # Everything is checked: from here on the command writes.
     out = Path(config.out)

@@ -101,9 +101,9 @@ def parse_shard(spec: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in spec.split("/"))
     except ValueError:
-        raise ValueError(f"--shard must look like i/n, got {spec!r}") from None
+        raise ValueError(f"shard must look like i/n, got {spec!r}") from None
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard i/n needs 0 <= i < n, got {spec!r}")
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {spec!r}")
     return i, n
 
 

@@ -36,9 +36,9 @@ DEFAULT_METHODS = tuple(m for m in METHOD_NAMES if m != "trained_prefix")
 RANDOM_INIT = "random-init"
 
 
-def _check_int(flag: str, value, low: int) -> None:
+def _check_int(name: str, value, low: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,16 +94,16 @@ class EvalConfig:
 
     def __post_init__(self):
         if not self.levels:
-            raise ValueError("--levels must name at least one level")
+            raise ValueError("levels must name at least one level")
         if not self.methods:
-            raise ValueError("--methods must name at least one method")
+            raise ValueError("methods must name at least one method")
         check_method_names(self.methods, "--methods")
         for d in self.delays:
-            _check_int("--delays", d, 0)
+            _check_int("delays", d, 0)
         for s in self.execute_horizons:
-            _check_int("--execute-horizons", s, 1)
+            _check_int("execute_horizons", s, 1)
         if not self.profiles:
-            raise ValueError("--profiles must name at least one profile ('fixed' for --delays)")
+            raise ValueError("profiles must name at least one profile ('fixed' for the --delays grid)")
         for spec in self.profiles:
             if spec != "fixed":
                 try:
@@ -111,17 +111,17 @@ class EvalConfig:
                 except ValueError as e:
                     raise ValueError(f"--profiles: {e}") from None
         if self.initial_estimate is not None:
-            _check_int("--initial-estimate", self.initial_estimate, 0)
-        _check_int("--num-envs", self.num_envs, 1)
-        _check_int("--num-flow-steps", self.num_flow_steps, 1)
-        _check_int("--max-timesteps", self.max_timesteps, 1)
-        _check_int("--video-envs", self.video_envs, 0)
+            _check_int("initial_estimate", self.initial_estimate, 0)
+        _check_int("num_envs", self.num_envs, 1)
+        _check_int("num_flow_steps", self.num_flow_steps, 1)
+        _check_int("max_timesteps", self.max_timesteps, 1)
+        _check_int("video_envs", self.video_envs, 0)
         results.parse_shard(self.shard)
         for entry in self.video_rows:
             method, _, d = entry.partition(":")
             check_method_names(method, "--video-rows")
             if d and not d.isdigit():
-                raise ValueError(f"--video-rows entries are 'method' or 'method:d', got {entry!r}")
+                raise ValueError(f"video_rows must hold 'method' or 'method:d' entries, got {entry!r}")
 
 
 def wants_video(video_rows: tuple[str, ...], method: str, d: str) -> bool:
