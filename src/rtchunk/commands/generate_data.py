@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from rtchunk.commands import log
 from rtchunk.files import write_json
 from rtchunk.kinetix import parallel
 
