@@ -23,3 +23,9 @@ def test_report_pools_levels_and_averages_only_shared_configurations(tmp_path):
     assert "randomly initialised" not in text
     average = text.split("## Average over levels")[1].split("##")[0]
     assert f"| naive | {report.Rate(70, 150)} |" in average and f"| rtc | {report.Rate(140, 150)} |" in average
+
+
+def test_the_legend_order_covers_exactly_the_registered_methods():
+    from rtchunk.methods import METHOD_NAMES
+
+    assert sorted(report.METHOD_ORDER) == sorted(METHOD_NAMES)
