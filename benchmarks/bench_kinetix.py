@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 from rtchunk import FlowPolicy, ModelConfig, Naive, delays  # noqa: E402
-from rtchunk.kinetix import envs, evaluate, levels  # noqa: E402
+from rtchunk.kinetix import chunk_fns, envs, harness, levels  # noqa: E402
 
 
 def paper_h17() -> str:
@@ -110,12 +110,12 @@ def main():
     env, (arrays,) = envs.make_env([level], envs.EnvConfig(shrink=True, max_timesteps=args.steps))
     policy = FlowPolicy(env.obs_dim, env.action_dim, ModelConfig(), rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(policy)
-    chunk_fn = evaluate.policy_chunk_fn(graphdef, Naive(), 5)
-    config = evaluate.HarnessConfig(num_envs=args.batch, horizon=policy.config.horizon, max_devices=1)
-    spec = evaluate.delay_spec(delays.FixedDelay(1), s, config.horizon)
-    harness, _ = evaluate.compiled_rollout(env, chunk_fn, config)
+    chunk_fn = chunk_fns.policy_chunk_fn(graphdef, Naive())
+    config = harness.HarnessConfig(num_envs=args.batch, horizon=policy.config.horizon, max_devices=1)
+    spec = harness.delay_spec(delays.FixedDelay(1), s, config.horizon)
+    rollout_fn, _ = harness.compiled_rollout(env, chunk_fn, config)
     keys = jax.random.split(jax.random.key(0), args.batch)
-    t_eval = timed(harness, params, arrays, spec, keys, rounds=args.rounds)
+    t_eval = timed(rollout_fn, params, arrays, spec, keys, rounds=args.rounds)
     chunks = 1 + len(range(0, args.steps, s))
 
     env_fn, env_keys = env_rollout(env, args.batch, args.steps, devices[:1])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rtchunk import checkpoints
-from rtchunk.kinetix import bc
+from rtchunk.kinetix import bc, policy_store
 from rtchunk.kinetix import dataset as dataset_lib
 from rtchunk.model import ModelConfig
 
@@ -76,7 +76,7 @@ def test_train_resume_is_exact_and_writes_checkpoints(data_dir, tmp_path):
     assert [[r["epoch"] for r in rows] for rows in logged] == [[0, 0], [1, 1], [2, 2]]  # what tracking receives
     resumed = tmp_path / "resumed"
     bc.train_policy(_config(data_dir, resumed, num_epochs=2))
-    assert bc.last_epoch(resumed, "lvl_a") == 1
+    assert policy_store.last_epoch(resumed, "lvl_a") == 1
     bc.train_policy(_config(data_dir, resumed, num_epochs=3))  # picks up at epoch 2
     for level in ("lvl_a", "lvl_b"):
         for name, array in _weights(straight, level, 2).items():

@@ -1,11 +1,27 @@
-"""The `rtchunk` entry point: command dispatch, presets, and the persistent compilation cache it turns on."""
+"""The `rtchunk` entry point: command dispatch, presets, the persistent compilation cache it turns on, and
+what a rejected input looks like: one line on stderr, exit code 2, no traceback, nothing written.
+
+The table of bad inputs runs the real console script (``python -m rtchunk.cli``), one process per case,
+three at a time; every case is rejected before any compile.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import jax
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from rtchunk import cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -38,12 +54,154 @@ def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
 
 
 def test_unknown_command_and_preset(capsys):
-    assert cli.main(["no-such-command"]) == 2
-    assert "unknown command" in capsys.readouterr().err
-    assert cli.main(["eval", "--preset", "nope"]) == 2
-    assert "unknown preset" in capsys.readouterr().err
+    assert cli.main(["evl"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "rtchunk: error: command: unknown 'evl' (did you mean 'eval'?); choose from demo, sample-demo, levels, eval")
+    assert cli.main(["eval", "--preset", "smok"]) == 2
+    assert capsys.readouterr().err == ("rtchunk eval: error: --preset: unknown 'smok' (did you mean 'smoke'?); "
+                                       "choose from paper, cpu, smoke\n")
+    assert cli.main(["report", "--preset", "paper", "--run", "x"]) == 2
+    assert capsys.readouterr().err == "rtchunk report: error: --preset: rtchunk report has no presets\n"
 
 
 def test_levels_subcommands_have_their_documented_names(capsys):
     assert cli.main(["levels", "show", "--levels", "l/h17_unicycle"]) == 0
     assert "h17_unicycle" in capsys.readouterr().out
+
+
+def test_every_command_is_a_module_named_after_it():
+    for name in cli.COMMANDS:
+        module = cli.command_module(name)
+        assert module.__name__ == f"rtchunk.commands.{name.replace('-', '_')}" and callable(module.main)
+
+
+# -- bad inputs, through the console script ------------------------------------------------------------
+
+
+def _files(root: Path) -> dict:
+    """Every file below ``root`` with its content (what a rejected command must leave as it was)."""
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Broken inputs of every kind a user can hand a command, written with numpy and JSON only."""
+    root = tmp_path_factory.mktemp("inputs")
+    model = {"channel_dim": 8, "channel_hidden_dim": 8, "token_hidden_dim": 8, "num_layers": 1, "horizon": 8}
+    meta = {"format_version": 1, "kind": "flow_policy", "obs_dim": 679, "action_dim": 6, "model": model}
+
+    def checkpoint(path: Path, meta: dict, arrays: bytes | None = None):
+        path.mkdir(parents=True)
+        (path / "meta.json").write_text(json.dumps(meta))
+        if arrays is None:
+            save_file({"w": np.zeros(2, np.float32)}, str(path / "arrays.safetensors"))
+        else:
+            (path / "arrays.safetensors").write_bytes(arrays)
+
+    checkpoint(root / "truncated", meta, arrays=b"\x10\x00\x00\x00\x00\x00\x00\x00{\"w\":")
+    checkpoint(root / "corrupt_meta", meta)
+    (root / "corrupt_meta" / "meta.json").write_text('{"format_version": 1, "kind": ')
+    checkpoint(root / "plain_policy", meta)  # no training_delays: not a training-time-RTC model
+    checkpoint(root / "data_bad" / "lvl", {"format_version": 1, "kind": "expert_data"}, arrays=b"junk")
+    (root / "not_data" / "notes").mkdir(parents=True)
+    checkpoint(root / "one_dataset", {"format_version": 1, "kind": "expert_data"})
+    (root / "bad_level.json").write_text(json.dumps({"env_state": {"polygon": []}}))
+    (root / "old_run").mkdir()
+    (root / "old_run" / "run.json").write_text(json.dumps({"resume_key": {"num_envs": 4}}))
+    return root
+
+
+# (command line, a part of the one-line message); {in} is the inputs directory, {out} a fresh directory
+# that must stay empty.
+EVAL = ["eval", "--levels", "l/h17_unicycle", "--out", "{out}/run"]
+CASES = [
+    (EVAL + ["--num-envs", "0"], "--num-envs must be an integer >= 1, got 0"),
+    (EVAL + ["--num-envs", "abc"], "--num-envs: invalid literal for int()"),
+    (EVAL + ["--delays", "-1"], "--delays must be an integer >= 0, got -1"),
+    (EVAL + ["--execute-horizons", "0"], "--execute-horizons must be an integer >= 1, got 0"),
+    (EVAL + ["--execute-horizons", "9"], "--execute-horizons must be in [1, H=8]"),
+    (EVAL + ["--methods", "rtcc"], "--methods: unknown 'rtcc' (did you mean 'rtc'?)"),
+    (EVAL + ["--profiles", "mixture:1=0.5,2=0.4"], "bad delay profile 'mixture:1=0.5,2=0.4': probs must sum to 1"),
+    (EVAL + ["--profiles", "gauss:1"], "--profiles: bad delay profile 'gauss:1'"),
+    (EVAL + ["--num-flow-steps", "0"], "--num-flow-steps must be an integer >= 1"),
+    (EVAL + ["--video-envs", "-1"], "--video-envs must be an integer >= 0"),
+    (EVAL + ["--video-rows", "rct:2"], "--video-rows: unknown 'rct' (did you mean 'rtc'?)"),
+    (EVAL + ["--shard", "3/2"], "--shard must be i/n with 0 <= i < n"),
+    (EVAL + ["--method-settings.bid-samples", "0"], "--method-settings.bid-samples must be an integer >= 1"),
+    (EVAL + ["estimator:max-estimator", "--estimator.window", "0"], "--estimator.window must be >= 1"),
+    (EVAL + ["--model.horizon", "0"], "--model.horizon must be a positive integer"),
+    (EVAL + ["--estimator.window", "3"], "unrecognized arguments: --estimator.window 3"),
+    (["eval", "--levels", "no_such_level", "--out", "{out}/run"], "no level 'no_such_level'"),
+    (["eval", "--levels", "h17_unicyle", "--out", "{out}/run"], "(did you mean 'h17_unicycle'?)"),
+    (EVAL + ["--policy-dir", "{in}/missing"], "no trained policy at"),
+    (EVAL + ["--policy-dir", "{in}/truncated"], "is corrupt or truncated"),
+    (EVAL + ["--policy-dir", "{in}/corrupt_meta"], "is corrupt (not valid JSON"),
+    (EVAL + ["--methods", "trained_prefix", "--policy-dir", "{in}/plain_policy"], "has no 'training_delays'"),
+    (["eval", "--levels", "l/h17_unicycle", "--out", "{in}/old_run"], "holds a run with different settings"),
+    (["eval", "--preset", "smok"], "--preset: unknown 'smok' (did you mean 'smoke'?)"),
+    (["train-policy", "--out-dir", "{out}/bc", "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+    (["train-policy", "--out-dir", "{out}/bc", "--learning-rate", "0"], "--learning-rate must be > 0"),
+    (["train-policy", "--out-dir", "{out}/bc", "--simulated-delay", "9"], "--simulated-delay must be in [1, horizon=8]"),
+    (["train-policy", "--out-dir", "{out}/bc", "--simulated-delay", "3", "--delay-distribution", "normal"],
+     "--delay-distribution: unknown 'normal'"),
+    (["train-policy", "--out-dir", "{out}/bc", "--data-dir", "{in}/missing"], "does not exist"),
+    (["train-policy", "--out-dir", "{out}/bc", "--data-dir", "{in}/not_data"], "holds no datasets"),
+    (["train-policy", "--out-dir", "{out}/bc", "--data-dir", "{in}/one_dataset"], "it is one dataset itself"),
+    (["train-policy", "--out-dir", "{out}/bc", "--data-dir", "{in}/data_bad"], "is corrupt or truncated"),
+    (["train-policy", "--out-dir", "{out}/bc", "--quick-eval-envs", "-1"], "--quick-eval-envs must be >= 0"),
+    (["levels", "shrink", "--episodes", "-1"], "--episodes must be an integer >= 0, got -1"),
+    (["levels", "show", "--levels", "{in}/bad_level.json"], "is not a readable Kinetix level"),
+    (["levels", "show", "--levels", "nope"], "no level 'nope'"),
+    (["train-expert", "--out-dir", "{out}/experts", "--num-seeds", "0"], "--num-seeds must be >= 1"),
+    (["train-expert", "--out-dir", "{out}/experts", "--levels", "nope"], "no level 'nope'"),
+    (["generate-data", "--expert-dir", "{in}/missing", "--out-dir", "{out}/data"], "has no expert checkpoints"),
+    (["generate-data", "--threshold", "1.5", "--out-dir", "{out}/data"], "--threshold must be in [0, 1]"),
+    (["report", "--run", "{in}/missing"], "no results*.csv in"),
+    (["report"], "missing required argument(s): --run"),
+    (["live", "--out", "{out}/live", "--methods", "bid"], "--methods: unknown 'bid'"),
+    (["live", "--out", "{out}/live", "--control-hz", "0"], "--control-hz must be in (0, 1000]"),
+    (["live", "--out", "{out}/live", "--policy-dir", "{in}/missing"], "no trained policy at"),
+    (["demo", "--out-dir", "{out}/demo", "--methods", "rtcc"], "--methods: unknown 'rtcc' (did you mean 'rtc'?)"),
+    (["demo", "--out-dir", "{out}/demo", "--simulated-delay", "0"], "--simulated-delay must be in [1, H=8]"),
+    (["sample-demo", "--inference-delay", "9"], "--inference-delay must be in [0, H - execute_horizon = 5]"),
+]
+
+
+def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "rtchunk.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def outcomes(inputs, tmp_path_factory):
+    """Every case run once (three processes at a time): {case index: (completed process, out dir)}."""
+    jobs = []
+    for i, (args, _) in enumerate(CASES):
+        out = tmp_path_factory.mktemp(f"case{i}")
+        jobs.append(([a.format(**{"in": inputs, "out": out}) for a in args], out))
+    before = _files(inputs)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        done = list(pool.map(lambda job: _run(job[0]), jobs))
+    assert _files(inputs) == before, "a rejected command changed one of its inputs"
+    return {i: (proc, out) for i, (proc, (_, out)) in enumerate(zip(done, jobs))}
+
+
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[" ".join(a[:1] + a[5:] if a[0] == "eval" else a)[:60]
+                                                         for a, _ in CASES])
+def test_a_bad_input_is_one_line_on_stderr_and_writes_nothing(outcomes, case):
+    proc, out = outcomes[case]
+    args, expected = CASES[case]
+    command = args[0]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith(f"rtchunk {command}: error: ") and expected in lines[0], lines[0]
+    assert list(out.iterdir()) == [], "a rejected command wrote something"
+
+
+def test_debug_shows_the_traceback(inputs, tmp_path):
+    args = ["eval", "--levels", "l/h17_unicycle", "--policy-dir", str(inputs / "missing"), "--out", str(tmp_path / "x")]
+    for proc in (_run(args + ["--debug"]), _run(args, env={"RTCHUNK_DEBUG": "1"})):
+        assert proc.returncode == 1 and "Traceback" in proc.stderr and "NoCheckpoint: no trained policy" in proc.stderr

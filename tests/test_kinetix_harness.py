@@ -16,7 +16,9 @@ import pytest
 from flax import struct
 
 from rtchunk import delays, metrics
-from rtchunk.kinetix import evaluate as ev
+from rtchunk.methods import RTC, told_delay_bound
+from rtchunk.kinetix import chunk_fns
+from rtchunk.kinetix import harness as ev
 
 H = 4
 T = 40
@@ -53,14 +55,17 @@ ENV = CounterEnv()
 BASE = ev.HarnessConfig(num_envs=8, horizon=H, rollout_steps=T, estimator=delays.MaxEstimator(WINDOW))
 
 
-def run(profile, s, config=BASE, level=T, initial_estimate=None, seed=0, delay_contract="horizon"):
-    spec = ev.delay_spec(profile, s, config.horizon, initial_estimate, delay_contract)
-    return ev.rollout(ENV, jnp.int32(level), ev.scripted_chunk_fn, None, spec, jax.random.key(seed), config)
+def run(profile, s, config=BASE, level=T, initial_estimate=None, seed=0, told_max=None):
+    spec = ev.delay_spec(profile, s, config.horizon, initial_estimate, told_max)
+    return ev.rollout(ENV, jnp.int32(level), chunk_fns.scripted_chunk_fn, None, spec, jax.random.key(seed), config)
 
 
 def reference(delays_seq, s, horizon, told_max, initial, execution="latest", decay=0.01, steps=T):
-    """Algorithm 1 in plain Python: per step (id, index or averaged id, starved, cycle start, told delay)."""
-    chunks = [{"id": 1, "origin": 0, "arrival": 0}]
+    """Algorithm 1 in plain Python: per step (id, index or averaged id, starved, cycle start, told delay).
+
+    Chunks are ordered by ``seq`` (launch order); ``id`` is what the scripted policy writes: one more than
+    the id at index 0 of the previous chunk it was given."""
+    chunks = [{"seq": 1, "id": 1, "origin": 0, "arrival": 0}]
     history = [initial] * WINDOW
     next_start, k, last, out = 0, 0, None, []
     for t in range(steps):
@@ -70,24 +75,34 @@ def reference(delays_seq, s, horizon, told_max, initial, execution="latest", dec
             k += 1
             told = min(max(history[-WINDOW:]), told_max)
             history.append(d)
-            newest = max(chunks, key=lambda c: c["id"])
-            chunks.append({"id": len(chunks) + 1, "origin": t, "arrival": t + d, "told": told,
-                           "prev_offset": t - newest["origin"]})
+            newest = max(chunks, key=lambda c: c["seq"])
+            offset = t - newest["origin"]
+            # Past its end the previous chunk is what the controller will hold: that chunk's last entry, or,
+            # when it ran out already (or arrived stale), the action executed last.
+            chunks.append({"seq": len(chunks) + 1, "id": (newest["id"] if offset < horizon else last[0]) + 1,
+                           "origin": t, "arrival": t + d, "told": told, "prev_offset": offset,
+                           "held_index": last[1] if last is not None and len(last) > 1 else None})
             next_start = t + max(s, d)
         arrived = [c for c in chunks if c["arrival"] <= t]
         if execution == "latest":
-            c = max(arrived, key=lambda c: c["id"])
+            c = max(arrived, key=lambda c: c["seq"])
             index = t - c["origin"]
-            i = min(index, horizon - 1)
-            prev_index = min(c["prev_offset"] + i, horizon - 1) if "prev_offset" in c else -1
-            value, starved = (c["id"], i, prev_index), index >= horizon
+            starved = index >= horizon
+            if "prev_offset" not in c:
+                prev_index = -1
+            elif c["prev_offset"] + index < horizon:
+                prev_index = c["prev_offset"] + index
+            else:
+                prev_index = horizon - 1 if c["prev_offset"] < horizon else c["held_index"]
+            # A chunk that has run out (or arrived past its end) is not executed: the last action is held.
+            value = last if starved else (c["id"], index, prev_index)
         else:
             covering = [c for c in arrived if t - c["origin"] < horizon]
             starved = not covering
             if starved:
                 value = last
             else:
-                w = np.array([math.exp(-decay * c["id"]) for c in covering])
+                w = np.array([math.exp(-decay * c["seq"]) for c in covering])
                 value = (float(np.dot(w, [c["id"] for c in covering]) / w.sum()),)
         last = value
         out.append((value, starved, told))
@@ -144,13 +159,31 @@ def test_stochastic_delays_per_environment_per_chunk():
 
 def test_told_delay_is_clipped_for_methods_that_freeze_the_overlap():
     profile = delays.MixtureDelay((1, 3), (0.5, 0.5))
-    rec = run(profile, 2, initial_estimate=3, delay_contract="overlap")
+    rec = run(profile, 2, initial_estimate=3, told_max=told_delay_bound(RTC(), H, 2))
     check_against_reference(rec, 2, told_max=H - 2, initial=3)
     told = rec.told_delay[rec.cycle_start]
     assert told.max() == H - 2
     m = ev.summarize(rec, H, 2)
     d = rec.delay[rec.cycle_start & ev.first_episode_mask(rec.done)]
     assert m["p_violate"] == pytest.approx(np.mean(d > H - 2)) and m["p_violate"] > 0
+
+
+def test_a_chunk_arriving_past_its_end_holds_the_last_executed_action():
+    """The stale-chunk rule (rtchunk.execution): with actual delays >= H every chunk arrives when its own
+    last index has already passed, so the controller keeps the action it executed last (the end of the
+    chunk before) and every such step counts as starved."""
+    for d, s in ((H, 1), (H + 2, 2)):
+        rec = run(delays.FixedDelay(d), s)
+        action, starved = np.asarray(rec.action), np.asarray(rec.starved)
+        check_against_reference(rec, s, told_max=H, initial=d)
+        # The first chunk runs 0 .. H-1; from then on no chunk ever has an index left when it arrives.
+        assert not starved[:H].any() and starved[H:].all()
+        held = action[H:, :, :2]
+        np.testing.assert_array_equal(held, np.broadcast_to(action[H - 1, :, :2], held.shape))
+        assert (action[H - 1, :, 0] == 1).all() and (action[H - 1, :, 1] == H - 1).all()  # chunk 1, index H-1
+        assert not rec.switched[H:].any()  # a held action still comes from the chunk it was executed from
+        m = ev.summarize(rec, H, s)
+        assert m["starvation_steps"] == (T - H) * 8 and m["starvation_rate"] == (T - H) / T
 
 
 def test_temporal_ensembling_averages_covering_chunks():
@@ -194,11 +227,11 @@ def test_results_do_not_depend_on_the_number_of_devices():
     two = run(profile, 2)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two)):
         np.testing.assert_array_equal(a, b)
-    assert ev.compiled_rollout(ENV, ev.scripted_chunk_fn, BASE)[1] == 2
+    assert ev.compiled_rollout(ENV, chunk_fns.scripted_chunk_fn, BASE)[1] == 2
 
 
 def test_one_compile_serves_every_delay_and_execute_horizon():
-    fn, _ = ev.compiled_rollout(ENV, ev.scripted_chunk_fn, BASE)
+    fn, _ = ev.compiled_rollout(ENV, chunk_fns.scripted_chunk_fn, BASE)
     before = fn._cache_size()
     for d, s in ((0, 1), (2, 2), (4, 3)):
         run(delays.FixedDelay(d), s)
@@ -207,23 +240,23 @@ def test_one_compile_serves_every_delay_and_execute_horizon():
 
 def _reversed_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
     """The scripted policy's chunk played backwards: a second, different policy for the switch."""
-    return ev.scripted_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng)[:, ::-1]
+    return chunk_fns.scripted_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng)[:, ::-1]
 
 
 def test_a_switched_rollout_runs_exactly_the_chosen_policy():
-    switched = ev.switched_chunk_fn((ev.scripted_chunk_fn, _reversed_chunk_fn))
-    assert switched is ev.switched_chunk_fn((ev.scripted_chunk_fn, _reversed_chunk_fn))  # one object, one compile
-    spec = ev.delay_spec(delays.MixtureDelay((0, 1, 3), (0.4, 0.4, 0.2)), 2, H, delay_contract="overlap")
+    switched = chunk_fns.switched_chunk_fn((chunk_fns.scripted_chunk_fn, _reversed_chunk_fn))
+    assert switched is chunk_fns.switched_chunk_fn((chunk_fns.scripted_chunk_fn, _reversed_chunk_fn))  # one object, one compile
+    spec = ev.delay_spec(delays.MixtureDelay((0, 1, 3), (0.4, 0.4, 0.2)), 2, H, told_max=H - 2)
     fn, _ = ev.compiled_rollout(ENV, switched, BASE)
-    for index, plain in enumerate((ev.scripted_chunk_fn, _reversed_chunk_fn)):
+    for index, plain in enumerate((chunk_fns.scripted_chunk_fn, _reversed_chunk_fn)):
         expected = ev.rollout(ENV, jnp.int32(T), plain, None, spec, jax.random.key(5), BASE)
-        got = ev.rollout(ENV, jnp.int32(T), switched, ev.switched_params(index, (None, None)), spec,
+        got = ev.rollout(ENV, jnp.int32(T), switched, chunk_fns.switched_params(index, (None, None)), spec,
                          jax.random.key(5), BASE)
         for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got)):
             np.testing.assert_array_equal(a, b)
     assert fn._cache_size() == 1  # both branches from one compiled program
     with pytest.raises(ValueError, match="one entry per chunk function"):
-        ev.rollout(ENV, jnp.int32(T), switched, ev.switched_params(0, (None,)), spec, jax.random.key(5), BASE)
+        ev.rollout(ENV, jnp.int32(T), switched, chunk_fns.switched_params(0, (None,)), spec, jax.random.key(5), BASE)
 
 
 def test_bad_arguments_are_rejected():
@@ -231,8 +264,8 @@ def test_bad_arguments_are_rejected():
         ev.delay_spec(delays.FixedDelay(1), 0, H)
     with pytest.raises(ValueError, match="execute_horizon"):
         ev.delay_spec(delays.FixedDelay(1), H + 1, H)
-    with pytest.raises(ValueError, match="delay_contract"):
-        ev.delay_spec(delays.FixedDelay(1), 1, H, delay_contract="prefix")
+    with pytest.raises(ValueError, match="told_max"):
+        ev.delay_spec(delays.FixedDelay(1), 1, H, told_max=H + 1)
     with pytest.raises(ValueError, match="execution"):
         ev.HarnessConfig(execution="average")
     with pytest.raises(ValueError, match="num_envs"):

@@ -9,8 +9,10 @@ import flax.nnx as nnx
 import pytest
 
 from rtchunk import checkpoints
+from rtchunk.cli import main as cli_main
 from rtchunk.kinetix import live
 from rtchunk.model import FlowPolicy
+from rtchunk.runtime import Paper
 
 from kinetix_helpers import TINY_MODEL
 
@@ -38,7 +40,8 @@ def trained(tmp_path_factory):
 
 def test_live_runs_every_method_with_injected_latency(trained, tmp_path):
     config = live.LiveConfig(policy_dir=trained / "policy", trained_prefix_policy_dir=trained / "policy_rtc",
-                             extra_latency_ms=(0.0, 45.0), control_hz=100.0, s_min=2, episodes=2, out=tmp_path / "out")
+                             extra_latency_ms=(0.0, 45.0), control_hz=100.0, replan=Paper(s_min=2), episodes=2,
+                             out=tmp_path / "out")
     rows = live.run(config)
     assert [(r["method"], r["extra_latency_ms"]) for r in rows] == [
         (m, ms) for m in ("naive", "rtc", "trained_prefix") for ms in (0.0, 45.0)]
@@ -61,9 +64,11 @@ def test_live_runs_every_method_with_injected_latency(trained, tmp_path):
 
 
 def test_live_says_how_to_get_a_policy(tmp_path, capsys):
-    code = live.main(live.LiveConfig(policy_dir=tmp_path / "nothing", out=tmp_path / "out"))
+    code = cli_main(["live", "--policy-dir", str(tmp_path / "nothing"), "--out", str(tmp_path / "out")])
     assert code == 2
-    assert "rtchunk demo" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err.startswith("rtchunk live: error: no trained policy at") and "rtchunk demo" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_live_refuses_an_untrained_prefix_model(trained, tmp_path):

@@ -26,7 +26,7 @@ def test_render_tile_and_write(tmp_path):
 
 
 def test_rollout_video_ends_with_the_last_scored_episode(tmp_path):
-    from rtchunk.kinetix.evaluate import Records
+    from rtchunk.kinetix.harness import Records
 
     env, (lvl,) = envs.make_env([level()], envs.EnvConfig(shrink=True))
     _, state = env.reset(jax.random.key(0), lvl)

@@ -102,9 +102,9 @@ def test_find_checkpoint(paths, tmp_path):
     assert find_checkpoint(paths["run"] / LEVEL) == paths["last"]
     assert find_checkpoint(paths["last"]) == paths["last"]
     assert find_checkpoint(paths["run"], LEVEL) == paths["last"]
-    with pytest.raises(ValueError, match="^--policy-dir: no checkpoint at"):
+    with pytest.raises(ValueError, match="^--policy-dir: no trained policy at"):
         find_checkpoint(tmp_path / "nothing")
-    with pytest.raises(ValueError, match="^--policy-dir: no checkpoint in"):
+    with pytest.raises(ValueError, match="^--policy-dir: no policy checkpoint for level 'other_level'"):
         find_checkpoint(paths["run"], "other_level")
     import shutil
 
@@ -117,14 +117,14 @@ def test_find_checkpoint(paths, tmp_path):
 def test_serve_flags_are_checked_with_their_names(tmp_path):
     from rtchunk.commands.serve import ServeConfig
 
-    with pytest.raises(ValueError, match="^--num-steps must be"):
-        ServeConfig(policy_dir=tmp_path, num_steps=0)
+    with pytest.raises(ValueError, match="^--num-flow-steps must be"):
+        ServeConfig(policy_dir=tmp_path, num_flow_steps=0)
     with pytest.raises(ValueError, match="^--backend must be one of jax, torch"):
         ServeConfig(policy_dir=tmp_path, backend="tf")
     with pytest.raises(ValueError, match="^--max-batch must be"):
         ServeConfig(policy_dir=tmp_path, server=ServerConfig(max_batch=0))
     with pytest.raises(ValueError, match="^--max-guidance-weight|max_guidance_weight"):
-        ServeConfig(policy_dir=tmp_path, settings=MethodSettings(max_guidance_weight=-1.0))
+        ServeConfig(policy_dir=tmp_path, method_settings=MethodSettings(max_guidance_weight=-1.0))
 
 
 def test_the_torch_backend_gets_the_torch_adapters_chunk_for_the_same_seed(paths):

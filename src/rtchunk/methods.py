@@ -99,11 +99,12 @@ class TrainedPrefix:
     """Training-time RTC inference: the first d tokens are the previous chunk with flow time 1."""
 
 
-def check_bid(num_samples, top_k, has_weak_policy: bool) -> None:
+def check_bid(num_samples, top_k, has_weak_policy: bool, names=("num_samples", "top_k")) -> None:
+    n, k = names
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        raise ValueError(f"{n} must be an integer >= 1, got {num_samples!r}")
     if has_weak_policy and not 1 <= top_k <= num_samples:
-        raise ValueError(f"top_k must be in [1, num_samples={num_samples}], got {top_k}")
+        raise ValueError(f"{k} must be in [1, {n}={num_samples}], got {top_k}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -202,7 +203,8 @@ class MethodSettings:
     def __post_init__(self):
         check_guidance_weight(self.max_guidance_weight)
         # top_k only matters with more than one candidate (with N = 1 BID is Naive).
-        check_bid(self.bid_samples, self.bid_top_k, has_weak_policy=self.bid_samples > 1)
+        check_bid(self.bid_samples, self.bid_top_k, has_weak_policy=self.bid_samples > 1,
+                  names=("bid_samples", "bid_top_k"))
         if not (math.isfinite(self.ensemble_decay) and self.ensemble_decay >= 0):
             raise ValueError(f"ensemble_decay must be a finite number >= 0, got {self.ensemble_decay}")
 

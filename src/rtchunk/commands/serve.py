@@ -21,18 +21,19 @@ class ServeConfig:
     """Which level's policy, when the run holds several."""
     backend: Literal["jax", "torch"] = "jax"
     """jax: the Flax model, batched in one compiled call; torch: the PyTorch port of the same checkpoint."""
-    num_steps: int = DEFAULT_NUM_STEPS
+    num_flow_steps: int = DEFAULT_NUM_STEPS
     """Euler steps of the flow."""
     warmup: bool = True
     """Compile the default method and naive for every batch-size bucket before listening."""
     server: tyro.conf.OmitArgPrefixes[ServerConfig] = ServerConfig()
-    settings: tyro.conf.OmitArgPrefixes[MethodSettings] = MethodSettings()
+    method_settings: MethodSettings = MethodSettings()
+    """The methods' knobs (as in `rtchunk eval`): guidance weight, BID's N and K."""
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise ValueError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if not isinstance(self.num_steps, int) or self.num_steps < 1:
-            raise ValueError(f"--num-steps must be an integer >= 1, got {self.num_steps!r}")
+        if not isinstance(self.num_flow_steps, int) or self.num_flow_steps < 1:
+            raise ValueError(f"--num-flow-steps must be an integer >= 1, got {self.num_flow_steps!r}")
 
 
 def main(config: ServeConfig) -> int:
@@ -40,7 +41,7 @@ def main(config: ServeConfig) -> int:
     from rtchunk.serving.server import PolicyServer
 
     backend, path = load_backend(config.policy_dir, backend=config.backend, level=config.level,
-                                 settings=config.settings, num_steps=config.num_steps,
+                                 settings=config.method_settings, num_steps=config.num_flow_steps,
                                  max_batch=config.server.max_batch, default_method=config.server.method)
     server = PolicyServer(backend, config.server)
     if config.warmup and hasattr(backend, "warmup"):

@@ -1,4 +1,4 @@
-"""``rtchunk train-policy``: behaviour cloning of the flow policy on expert data, one policy per level.
+"""Behaviour cloning of the flow policy on expert data, one policy per level (``rtchunk train-policy``).
 
 Flow matching on chunks of H consecutive expert actions (zeroed after the episode's end), AdamW 3e-4
 with weight decay 1e-2, 1000 warm-up steps, gradient clipping at 10, batch 512, 32 epochs (the papers'
@@ -7,36 +7,32 @@ the level axis is sharded over the devices. Optional training-time RTC (``simula
 d tokens of each chunk are given clean, d drawn from ``TrainingDelays``.
 
 Every epoch writes, atomically, one policy checkpoint per level (``<out>/<level>/epoch_XXX``) and the
-full training state (``<out>/train_state``); an interrupted run resumes after its last finished epoch.
+full training state (``<out>/train_state``); an interrupted run resumes after its last finished epoch,
+provided its settings match ``<out>/run.json``. Everything is read and checked before the first write.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Literal
+from typing import Callable, Literal
 
-import flax.nnx as nnx
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-import tyro
-from tqdm.auto import tqdm
 
 from rtchunk import checkpoints
-from rtchunk.kinetix import dataset as dataset_lib
-from rtchunk.kinetix import parallel
-from rtchunk.kinetix.tracking import Tracker
-from rtchunk.model import FlowPolicy, ModelConfig, TrainingDelays, flow_matching_loss
+from rtchunk.delays import TrainingDelays
+from rtchunk.files import to_jsonable
+from rtchunk.kinetix import parallel, policy_store, results
+from rtchunk.model_config import ModelConfig
+
+# JAX, Flax and optax are imported by the functions that train: ``rtchunk train-policy`` parses and checks
+# its BCConfig before they load (seconds on a busy CPU).
 
 TRAIN_STATE = "train_state"
 
 
-def _process_file(name: str) -> str:
+def process_file(name: str) -> str:
     """A per-process file name in a multi-host run (each process trains its own levels)."""
     sub = parallel.process_subdir()
     return name if not sub else f"{Path(name).stem}_{sub}{Path(name).suffix}"
@@ -92,7 +88,10 @@ class BCConfig:
         return TrainingDelays(self.min_delay, self.simulated_delay - 1, self.delay_distribution, self.delay_decay)
 
 
-def make_optimizer(config: BCConfig) -> optax.GradientTransformation:
+def make_optimizer(config: BCConfig):
+    """The papers' optimiser: AdamW with linear warm-up and global-norm gradient clipping."""
+    import optax
+
     schedule = optax.linear_schedule(0.0, config.learning_rate, max(config.warmup_steps, 1))
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
@@ -103,6 +102,13 @@ def make_optimizer(config: BCConfig) -> optax.GradientTransformation:
 def make_train_steps(graphdef, optimizer, delays: TrainingDelays | None, batch_size: int, horizon: int):
     """``run(params, opt_state, data, perm, start, rng, num_steps) -> (params, opt_state, mean_loss)`` for
     one level; ``perm`` is the epoch's sample order, ``start`` the first update index within it."""
+    import flax.nnx as nnx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from rtchunk.kinetix import dataset as dataset_lib
+    from rtchunk.model import flow_matching_loss
 
     def one_step(carry, i):
         params, opt_state, data, perm, rng = carry
@@ -136,7 +142,8 @@ def _dataset_names(config: BCConfig) -> list[str]:
         raise ValueError(f"data_dir {root} does not exist (run `rtchunk generate-data` first)")
     available = sorted(p.name for p in root.iterdir() if (p / checkpoints.META).is_file())
     if not available:
-        raise ValueError(f"data_dir {root} holds no datasets")
+        hint = " (it is one dataset itself: pass the directory above it)" if (root / checkpoints.META).is_file() else ""
+        raise ValueError(f"data_dir {root} holds no datasets (<data_dir>/<level>/{checkpoints.META}){hint}")
     if not config.levels:
         return available
     missing = [lvl for lvl in config.levels if lvl not in available]
@@ -145,31 +152,29 @@ def _dataset_names(config: BCConfig) -> list[str]:
     return list(config.levels)
 
 
-def _epoch_dir(out: Path, level: str, epoch: int) -> Path:
-    return Path(out) / level / f"epoch_{epoch:03d}"
-
-
-def last_epoch(run_dir: Path, level: str) -> int | None:
-    epochs = sorted(int(p.name.split("_")[1]) for p in (Path(run_dir) / level).glob("epoch_*")
-                    if (p / checkpoints.META).is_file())
-    return epochs[-1] if epochs else None
-
-
 def _resume_key(config: BCConfig, names: list[str]) -> dict:
     # Everything that must not change between an interrupted run and its resumption.
-    body = checkpoints.to_jsonable(config)
+    body = to_jsonable(config)
     for volatile in ("num_epochs", "progress", "out_dir"):
         body.pop(volatile)
     body["levels"] = names
     return body
 
 
-def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], dict] | None = None,
+def train_policy(config: BCConfig, evaluate: Callable[[str, "FlowPolicy", dict], dict] | None = None,
                  log: Callable[[list[dict]], None] | None = None) -> Path:
     """Train (or resume) one flow policy per level; returns the output directory.
 
     ``evaluate(level, policy, meta) -> stats`` runs after every epoch when given (a quick evaluation).
     """
+    import flax.nnx as nnx
+    import jax
+    import jax.numpy as jnp
+    from tqdm.auto import tqdm
+
+    from rtchunk.kinetix import dataset as dataset_lib
+    from rtchunk.model import FlowPolicy
+
     names = _dataset_names(config)
     names = parallel.my_share(names)
     datasets = [dataset_lib.load(Path(config.data_dir) / n) for n in names]
@@ -181,8 +186,13 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
     sizes = {d.done.shape for d, _ in datasets}
     if len(sizes) != 1:
         raise ValueError(f"all datasets must have the same [envs, steps] shape to train together, got {sorted(sizes)}")
+    num_samples = int(np.prod(sizes.pop()))
+    steps_per_epoch = num_samples // config.batch_size
+    if config.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({num_samples} samples)")
     out = Path(config.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     delays = config.training_delays()
 
     model_config = config.model
@@ -190,15 +200,16 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
     params_list = []
     for i, name in enumerate(names):
         if config.init_from is not None:
-            epoch = config.init_epoch if config.init_epoch is not None else last_epoch(config.init_from, name)
-            if epoch is None:
-                raise ValueError(f"init_from {config.init_from} has no checkpoint for level {name}")
-            policy, meta = checkpoints.load_policy(_epoch_dir(config.init_from, name, epoch))
+            path = policy_store.find_checkpoint(config.init_from, name, epoch=config.init_epoch)
+            policy, meta = policy_store.load_policy(path)
             if (policy.obs_dim, policy.action_dim) != (obs_dim, action_dim):
                 raise ValueError(
                     f"init_from checkpoint for {name} has obs/action dims {(policy.obs_dim, policy.action_dim)}, "
                     f"the data has {(obs_dim, action_dim)}"
                 )
+            if config.simulated_delay is not None and config.simulated_delay > policy.config.horizon:
+                raise ValueError(f"simulated_delay must be in [1, horizon={policy.config.horizon}] (the horizon of "
+                                 f"{path}), got {config.simulated_delay}")
             model_config = policy.config
         else:
             policy = FlowPolicy(obs_dim, action_dim, model_config, rngs=nnx.Rngs(config.seed * 1000 + i))
@@ -210,17 +221,15 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
     optimizer = make_optimizer(config)
     opt_state = jax.jit(jax.vmap(optimizer.init))(params)
     start_epoch = 0
-    state_dir = out / _process_file(TRAIN_STATE)
+    state_dir = out / process_file(TRAIN_STATE)
+    run_file = out / process_file(results.RUN_FILE)
     resume_key = _resume_key(config, names)
+    results.check_run_file(run_file, resume_key)
     if (state_dir / checkpoints.META).is_file():
-        meta = checkpoints.load_meta(state_dir)
-        if meta.get("resume_key") != resume_key:
-            raise ValueError(
-                f"{out} holds a run with different settings; use a new out_dir or the same settings "
-                f"(stored: {json.dumps(meta.get('resume_key'))})"
-            )
         (params, opt_state), meta = checkpoints.load(state_dir, (params, opt_state))
         start_epoch = int(meta["epoch"]) + 1
+    # Everything is checked: from here on the run writes.
+    results.write_run_file(run_file, resume_key)
 
     # Data on the devices, stacked over levels: obs [L, E, T, O], action [L, E, T, A], left [L, E, T].
     data = (
@@ -231,12 +240,6 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
     placement = parallel.level_sharding(len(names))
     data, params, opt_state = jax.device_put((data, params, opt_state), placement)
 
-    num_samples = int(np.prod(data[2].shape[1:]))
-    steps_per_epoch = num_samples // config.batch_size
-    if config.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise ValueError(f"batch_size {config.batch_size} is larger than the dataset ({num_samples} samples)")
     run_steps = make_train_steps(graphdef, optimizer, delays, config.batch_size, model_config.horizon)
     steps_per_call = max(1, min(steps_per_epoch, 50))
     compiled = {}
@@ -247,7 +250,7 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
                                            in_axes=(0, 0, 0, 0, None, 0)))
         return compiled[n]
 
-    stats_path = out / _process_file("stats.csv")
+    stats_path = out / process_file("stats.csv")
     meta_common = {
         "training_delays": delays,
         "data_dir": str(config.data_dir),
@@ -283,12 +286,11 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
                    "seconds": round(time.perf_counter() - started, 2)}
             if evaluate is not None:
                 row.update(evaluate(name, policy, datasets[i][1]))
-            checkpoints.save_policy(_epoch_dir(out, name, epoch), policy, {**meta_common, "level": name,
+            checkpoints.save_policy(policy_store.epoch_dir(out, name, epoch), policy, {**meta_common, "level": name,
                                                                            "epoch": epoch, "stats": row})
             rows.append(row)
-        checkpoints.save(state_dir, (host_params, jax.device_get(opt_state)),
-                         {"kind": "bc_train_state", "epoch": epoch, "resume_key": resume_key})
-        _append_rows(stats_path, rows)
+        checkpoints.save(state_dir, (host_params, jax.device_get(opt_state)), {"kind": "bc_train_state", "epoch": epoch})
+        results.append_rows(stats_path, rows)
         if log is not None:
             log(rows)
         if config.progress:
@@ -298,54 +300,22 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, FlowPolicy, dict], d
     return out
 
 
-def _append_rows(path: Path, rows: list[dict]) -> None:
-    if not rows:
-        return
-    new = not path.exists()
-    fields = list(rows[0])
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
-# -- the command ---------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainPolicyConfig:
-    bc: Annotated[BCConfig, tyro.conf.arg(name="")] = BCConfig(data_dir=Path("runs/experts/data"),
-                                                               out_dir=Path("runs/bc"))
-    quick_eval_envs: int = 128
-    """Environments for the per-epoch quick evaluation (naive sampling, d=0, s=H/2); 0 turns it off."""
-    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
-    wandb_project: str | None = None
-    """Also send the per-epoch statistics to this Weights & Biases project (needs the [wandb] extra)."""
-
-
-PRESETS = {
-    "paper": TrainPolicyConfig(),
-    "cpu": TrainPolicyConfig(
-        bc=BCConfig(data_dir=Path("runs/experts/data"), out_dir=Path("runs/bc"),
-                    model=ModelConfig(channel_dim=128, channel_hidden_dim=256, token_hidden_dim=32, num_layers=2),
-                    batch_size=256, num_epochs=8, warmup_steps=200, max_steps_per_epoch=400)
-    ),
-}
-
-
 def quick_evaluator(num_envs: int, seed: int = 0):
     """``evaluate(level, policy, data_meta) -> {"solve_rate", ...}``: the flow policy in the environment its
     data came from, naive sampling at d = 0 and s = H/2 (a training-progress signal, not a benchmark)."""
+    import flax.nnx as nnx
+    import jax
+
     from rtchunk.delays import FixedDelay
     from rtchunk.kinetix import envs as envs_lib
-    from rtchunk.kinetix import evaluate as harness
+    from rtchunk.kinetix import harness
     from rtchunk.kinetix import levels as levels_lib
+    from rtchunk.kinetix.chunk_fns import policy_chunk_fn
     from rtchunk.sampling import Naive
 
     cache = {}
 
-    def evaluate(name: str, policy: FlowPolicy, meta: dict) -> dict:
+    def evaluate(name: str, policy, meta: dict) -> dict:
         if name not in cache:
             level = levels_lib.load_level(meta["level_source"])
             env_config = envs_lib.EnvConfig(**meta["env"]) if "env" in meta else envs_lib.POLICY_ENV
@@ -354,7 +324,7 @@ def quick_evaluator(num_envs: int, seed: int = 0):
         graphdef, params = nnx.split(policy)
         horizon = policy.config.horizon
         result = harness.evaluate(
-            env, arrays, harness.policy_chunk_fn(graphdef, Naive()), params, execute_horizon=max(1, horizon // 2),
+            env, arrays, policy_chunk_fn(graphdef, Naive()), params, execute_horizon=max(1, horizon // 2),
             profile=FixedDelay(0), rng=jax.random.key(seed),
             config=harness.HarnessConfig(num_envs=num_envs, horizon=horizon),
         )
@@ -363,17 +333,3 @@ def quick_evaluator(num_envs: int, seed: int = 0):
                 "solve_rate_high": m["solve_rate_high"], "return_mean": m["return_mean"]}
 
     return evaluate
-
-
-def main(config: TrainPolicyConfig) -> int:
-    parallel.initialize(config.distributed)
-    evaluate = quick_evaluator(config.quick_eval_envs, config.bc.seed) if config.quick_eval_envs > 0 else None
-    out_dir = Path(config.bc.out_dir)
-    tracker = Tracker(config.wandb_project, run_name=f"policy {out_dir.resolve()}", config=config, step_key="epoch",
-                      directory=out_dir)
-    try:
-        out = train_policy(config.bc, evaluate, log=tracker.log)
-    finally:
-        tracker.finish()
-    print(f"flow policies: {out}/<level>/epoch_XXX (stats in {out / _process_file('stats.csv')})")
-    return 0

@@ -9,7 +9,9 @@ episode statistics.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from pathlib import Path
 from typing import Callable
 
 import jax
@@ -93,3 +95,76 @@ def collect(
     obs, action, done, solved, ret, length = (np.swapaxes(np.concatenate(xs), 0, 1) for xs in zip(*parts))
     return Dataset(obs.astype(np.float32), action.astype(np.float32), done.astype(bool), solved.astype(bool),
                    ret.astype(np.float32), length.astype(np.int32))
+
+
+def record_datasets(
+    expert_dir: Path,
+    out: Path,
+    *,
+    steps_per_level: int,
+    num_envs: int,
+    threshold: float,
+    level_dir: Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, dict]:
+    """One dataset per level of an expert run (``rtchunk generate-data``), in ``out/<level>``.
+
+    For each level, every seed's best checkpoint that reaches ``threshold`` joins a mixture of experts; a
+    level without one is reported and skipped, and so is a level whose dataset exists already (an
+    interrupted run picks up where it stopped). Returns a summary per level; ``log`` gets a line per level.
+    """
+    from rtchunk import checkpoints
+    from rtchunk.kinetix import dataset, expert
+    from rtchunk.kinetix import envs as envs_lib
+    from rtchunk.kinetix import levels as levels_lib
+
+    selection = expert.select_experts(expert_dir, threshold)
+    info = expert.trained_levels(expert_dir)
+    missing = sorted(set(selection) - set(info))
+    if missing:
+        raise ValueError(f"{expert_dir}: the run file names no level file for {', '.join(missing)}")
+    mine = parallel.my_share(sorted(selection))
+    sources = {}
+    for name in mine:
+        source = Path(info[name]["source"])
+        sources[name] = Path(level_dir) / source.name if level_dir is not None else source
+        if selection[name] and not (Path(out) / name / checkpoints.META).is_file():
+            levels_lib.resolve(sources[name])  # a level file that moved is an error before anything is written
+    per_env = -(-steps_per_level // num_envs)
+    report = {}
+    for i, name in enumerate(mine):
+        chosen = selection[name]
+        target = Path(out) / name
+        if not chosen:
+            log(f"{name}: no expert reached solve rate {threshold:.2f}; skipped (train longer or lower --threshold)")
+            report[name] = {"experts": 0}
+            continue
+        if (target / checkpoints.META).is_file():
+            meta = checkpoints.load_meta(target)
+            log(f"{name}: dataset exists ({meta['summary']['transitions']:,} transitions), skipped")
+            report[name] = {"experts": len(chosen), **meta["summary"]}
+            continue
+        spec = info[name]
+        level = levels_lib.load_level(sources[name])
+        env_config = envs_lib.EnvConfig(**spec["env"])
+        env, (arrays,) = envs_lib.make_env([level], env_config)
+        like = ppo.init_params(jax.random.key(0), env.obs_dim, env.action_dim, ppo.PPOConfig(**spec["ppo"]))
+        experts = [expert.load_expert_params(sel, like) for sel in chosen]
+        stacked = jax.tree.map(lambda *x: np.stack(x), *experts)
+        data = collect(
+            env, arrays, stacked, num_motors=spec["num_motors"], num_envs=num_envs, num_steps=per_env,
+            rng=jax.random.fold_in(jax.random.key(seed), i),
+            # The experts see a history of frames and their last action; the flow policy sees one frame.
+            policy_obs=lambda obs, state: state.history[-1],
+            progress=progress, desc=name,
+        )
+        dataset.save(target, data, {
+            "level": name, "level_source": str(sources[name]), "experts": chosen, "threshold": threshold,
+            "env": dataclasses.replace(env_config, obs_history=1, prev_action=False, dense_reward=False),
+        })
+        report[name] = {"experts": len(chosen), **data.summary()}
+        log(f"{name}: {len(chosen)} expert(s), {data.num_transitions:,} transitions, expert solve rate in the "
+            f"data {report[name]['solve_rate']:.3f} over {report[name]['episodes']} episodes")
+    return report

@@ -31,10 +31,8 @@ from kinetix.environment.env_state import EnvParams, StaticEnvParams
 from kinetix.environment.env_state import EnvState as PhysicsState
 
 from rtchunk.kinetix.levels import Level
+from rtchunk.kinetix.paper import ACTION_NOISE_STD, EPISODE_STEPS
 from rtchunk.kinetix.shrink import SlotCounts, SlotMap, common_counts, expand_state, shrink_level, shrunk_static_params
-
-ACTION_NOISE_STD = 0.1
-EPISODE_STEPS = 256
 
 
 @dataclasses.dataclass(frozen=True)

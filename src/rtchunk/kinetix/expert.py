@@ -1,4 +1,4 @@
-"""``rtchunk train-expert``: PPO experts for many seeds x levels at once, with checkpoints and resume.
+"""PPO experts for many seeds x levels at once, with checkpoints and resume (``rtchunk train-expert``).
 
 Every (level, seed) pair is one learner; learners are vmapped and their axis is sharded over the
 devices, so one compiled update trains them all (the papers: 8 seeds x 12 levels x 65M steps).
@@ -18,26 +18,23 @@ Output layout::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tyro
 from tqdm.auto import tqdm
 
 from rtchunk import checkpoints
-from rtchunk.kinetix import parallel, ppo
-from rtchunk.kinetix.tracking import Tracker
+from rtchunk.files import read_json, to_jsonable
+from rtchunk.kinetix import parallel, ppo, results
+from rtchunk.kinetix.results import RUN_FILE
 
 CHECKPOINTS = "checkpoints"
 RUNNER = "runner"
-RUN_FILE = "run.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,23 +94,16 @@ def train_experts(
     ``log(rows)`` also receives every batch of statistics rows written to ``stats.csv`` (experiment tracking)."""
     cfg = settings.ppo
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     num_levels, num_seeds = len(names), settings.num_seeds
     num_learners = num_levels * num_seeds
     run = {"names": list(names), "settings": settings, "num_motors": num_motors, "episode_steps": episode_steps,
            "obs_dim": env.obs_dim, "action_dim": env.action_dim, **(run_info or {})}
-    resume_key = checkpoints.to_jsonable({**run, "settings": dataclasses.replace(settings, progress=True)})
+    resume_key = to_jsonable({**run, "settings": dataclasses.replace(settings, progress=True)})
     resume_key["settings"].pop("ppo")
     resume_key["settings"].pop("video_envs")  # videos do not shape the results: free to change on resume
-    resume_key["ppo"] = {k: v for k, v in checkpoints.to_jsonable(cfg).items() if k != "total_timesteps"}
-    run_file = out / RUN_FILE
-    if run_file.is_file():
-        stored = json.loads(run_file.read_text())
-        if stored.get("resume_key") != resume_key:
-            raise ValueError(f"{out} holds a run with different settings; use a new out_dir or the same settings "
-                             f"(stored: {json.dumps(stored.get('resume_key'))})")
-    checkpoints.atomic_write_text(run_file, json.dumps({"resume_key": resume_key, **checkpoints.to_jsonable(run)},
-                                                       indent=2))
+    resume_key["ppo"] = {k: v for k, v in to_jsonable(cfg).items() if k != "total_timesteps"}
+    results.check_run_file(out / RUN_FILE, resume_key)
+    results.write_run_file(out / RUN_FILE, resume_key, **to_jsonable(run))
 
     placement = parallel.level_sharding(num_learners)
     learner_levels = jax.device_put(_stack_for_learners(levels, num_seeds), placement)
@@ -196,7 +186,7 @@ def train_experts(
             checkpoints.save(out / CHECKPOINTS / f"update_{update_index:06d}", params,
                              {"kind": "ppo_experts", "update": update_index, "names": list(names), "stats": rows,
                               "num_motors": num_motors, "env_steps_per_learner": update_index * cfg.steps_per_update})
-            _append_rows(out / "stats.csv", rows)
+            results.append_rows(out / "stats.csv", rows)
             if log is not None:
                 log(rows)
             if settings.progress:
@@ -249,21 +239,26 @@ def _stat_rows(stats: dict[str, np.ndarray], names, num_seeds, update_index, env
     return rows
 
 
-def _append_rows(path: Path, rows: list[dict]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
-
-
 def run_dirs(out_dir: Path) -> list[Path]:
     """The expert runs under ``out_dir``: itself, or one per process of a multi-host run."""
     out = Path(out_dir)
     if (out / RUN_FILE).is_file():
         return [out]
     return sorted(p for p in out.glob("process_*_of_*") if (p / RUN_FILE).is_file())
+
+
+def trained_levels(out_dir: Path) -> dict[str, dict]:
+    """For every level of an expert run: its level file, env config, PPO settings and motor count."""
+    info = {}
+    for run in run_dirs(out_dir):
+        body = read_json(run / RUN_FILE, "expert run file")
+        try:
+            for name, source in zip(body["names"], body["level_specs"]):
+                info[name] = {"source": source, "env": body["env"], "ppo": body["settings"]["ppo"],
+                              "num_motors": body["num_motors"]}
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{run / RUN_FILE} is not an expert run file (missing {e})") from None
+    return info
 
 
 def select_experts(out_dir: Path, threshold: float = 0.65) -> dict[str, list[dict]]:
@@ -295,78 +290,3 @@ def load_expert_params(selection: dict, like):
     arrays = checkpoints.load_arrays(selection["checkpoint"])
     mine = {k: v[selection["level_index"], selection["seed"]] for k, v in arrays.items()}
     return checkpoints.unflatten_like(mine, like, source=selection["checkpoint"])
-
-
-# -- the command ---------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpertConfig:
-    out_dir: Path = Path("runs/experts")
-    levels: tuple[str, ...] = ()
-    """Level names or paths (empty = the papers' 12; four of them need --level-dir)."""
-    level_dir: Path | None = None
-    """Where your copies of the level files live (looked up before the ones in kinetix-env)."""
-    shrink: bool = False
-    """Simulate each level compacted to the slots it uses (faster; see `rtchunk levels shrink`)."""
-    max_timesteps: int = 256
-    """Episode length (the papers: 256)."""
-    trainer: Annotated[TrainerSettings, tyro.conf.arg(name="")] = TrainerSettings()
-    distributed: parallel.DistributedConfig = parallel.DistributedConfig()
-    wandb_project: str | None = None
-    """Also send the statistics to this Weights & Biases project (needs the [wandb] extra)."""
-
-
-PRESETS = {
-    "paper": ExpertConfig(),
-    # One level, shrunk, sized for a 2-core laptop: the demo's first stage.
-    "cpu": ExpertConfig(
-        levels=("h17_unicycle",),
-        shrink=True,
-        trainer=TrainerSettings(
-            num_seeds=2,
-            ppo=ppo.PPOConfig(num_envs=256, num_steps=64, num_minibatches=4, total_timesteps=1_500_000, ent_coef=0.01),
-            checkpoint_every=15,
-            num_eval_envs=64,
-        ),
-    ),
-}
-
-
-def level_specs(config_levels: Sequence[str]) -> list[str]:
-    from rtchunk.kinetix.levels import PAPER_LEVELS
-
-    return list(config_levels) or list(PAPER_LEVELS)
-
-
-def main(config: ExpertConfig) -> int:
-    from rtchunk.kinetix import envs as envs_lib
-    from rtchunk.kinetix import levels as levels_lib
-
-    parallel.initialize(config.distributed)
-    specs = level_specs(config.levels)
-    all_levels = levels_lib.load_levels(specs, level_dir=config.level_dir)
-    mine = parallel.my_share(all_levels)
-    if not mine:
-        print(f"process {jax.process_index()} has no level to train ({len(all_levels)} levels, "
-              f"{jax.process_count()} processes)")
-        return 0
-    env_config = dataclasses.replace(envs_lib.EXPERT_ENV, shrink=config.shrink, max_timesteps=config.max_timesteps)
-    env, arrays = envs_lib.make_env(mine, env_config)
-    out = Path(config.out_dir) / parallel.process_subdir()
-    num_motors = mine[0].static_env_params.num_motor_bindings
-    total = config.trainer.ppo.num_updates * config.trainer.ppo.steps_per_update
-    print(f"training {config.trainer.num_seeds} seeds x {len(mine)} level(s) ({', '.join(l.name for l in mine)}) for "
-          f"{total:,} env steps each on {jax.local_device_count()} device(s); writing to {out}")
-    tracker = Tracker(config.wandb_project, run_name=f"experts {out.resolve()}", config=config, step_key="env_steps",
-                      group_keys=("level", "seed"), directory=out)
-    try:
-        train_experts(
-            env, envs_lib.stack_levels(arrays), [lvl.name for lvl in mine], config.trainer, out,
-            num_motors=num_motors, episode_steps=env_config.max_timesteps,
-            run_info={"level_specs": [lvl.source for lvl in mine], "env": env_config}, log=tracker.log,
-        )
-    finally:
-        tracker.finish()
-    print(f"expert checkpoints and stats: {out / CHECKPOINTS}, {out / 'stats.csv'}")
-    return 0

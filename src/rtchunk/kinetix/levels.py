@@ -7,6 +7,9 @@ first, which is how users point the benchmark at their own copies of the paper's
 
 Loaded levels hold numpy arrays only, with float32 / int32 / bool leaves: the JSON loader leaves a few
 weak-typed scalars behind, and a weak-typed argument compiles a second copy of every jitted function.
+
+Finding level files (``resolve``) imports neither JAX nor Kinetix's environment (tens of seconds on a
+busy CPU), so a command can reject a misspelt level at once; parsing one imports both.
 """
 
 from __future__ import annotations
@@ -14,16 +17,30 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import jax
 import numpy as np
-from kinetix.environment.env_state import EnvParams, EnvState, StaticEnvParams
 
+from rtchunk.choices import did_you_mean
 from rtchunk.kinetix.paper import PAPER_LEVELS, PAPER_SLOTS
 
-PAPER_STATIC_ENV_PARAMS = StaticEnvParams(**PAPER_SLOTS)
-"""Every paper level is padded to these slot counts (Kinetix's ``l`` size)."""
+if TYPE_CHECKING:
+    from kinetix.environment.env_state import EnvParams, EnvState, StaticEnvParams
+
+
+def paper_static_env_params() -> StaticEnvParams:
+    """Every paper level is padded to these slot counts (Kinetix's ``l`` size)."""
+    from kinetix.environment.env_state import StaticEnvParams
+
+    return StaticEnvParams(**PAPER_SLOTS)
+
+
+def __getattr__(name: str):
+    # PAPER_STATIC_ENV_PARAMS is built on first use: building it imports Kinetix's environment.
+    if name == "PAPER_STATIC_ENV_PARAMS":
+        return paper_static_env_params()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 SLOT_FIELDS = ("num_polygons", "num_circles", "num_joints", "num_thrusters")
 
@@ -77,9 +94,11 @@ def resolve(spec: str | os.PathLike, level_dir: str | os.PathLike | None = None)
         if candidate.is_file():
             return [candidate]
     tried += [str(c) for c in candidates]
-    hint = ""
     if Path(spec).stem in PAPER_LEVELS:
         hint = " (four of the paper's levels do not ship with kinetix-env: pass --level-dir with your copies)"
+    else:
+        packaged = list_packaged()
+        hint = did_you_mean(spec, packaged + [Path(n).name for n in packaged])
     raise ValueError(f"no level {spec!r}: looked for {', '.join(tried)}{hint}")
 
 
@@ -105,6 +124,8 @@ def fix_dtypes(tree):
             return a.astype(np.int32)
         raise ValueError(f"unexpected level array dtype {a.dtype}")
 
+    import jax
+
     return jax.tree.map(cast, tree)
 
 
@@ -125,33 +146,38 @@ def load_level(
     spec: str | os.PathLike,
     *,
     level_dir: str | os.PathLike | None = None,
-    static_env_params: StaticEnvParams = PAPER_STATIC_ENV_PARAMS,
+    static_env_params: StaticEnvParams | None = None,
 ) -> Level:
-    """Load one level file and pad it to ``static_env_params`` (the paper's slot counts by default)."""
+    """Load one level file and pad it to ``static_env_params`` (default: the paper's slot counts)."""
     files = resolve(spec, level_dir)
     if len(files) != 1:
         raise ValueError(f"{spec!r} names {len(files)} levels; use load_levels for a directory")
     return _load_file(files[0], static_env_params)
 
 
-def load_levels(
-    specs: Sequence[str | os.PathLike],
-    *,
-    level_dir: str | os.PathLike | None = None,
-    static_env_params: StaticEnvParams = PAPER_STATIC_ENV_PARAMS,
-) -> list[Level]:
-    """Load every level the specs name (directories expand to their files), in order, without duplicates."""
+def level_files(specs: Sequence[str | os.PathLike], level_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The level files the specs name (directories expand to their files), in order, without duplicates;
+    two files with the same name (file stem) are a ``ValueError``. Imports neither JAX nor Kinetix."""
     if isinstance(specs, (str, os.PathLike)):
         specs = [specs]
     files: list[Path] = []
     for spec in specs:
         files += [f for f in resolve(spec, level_dir) if f.resolve() not in {g.resolve() for g in files}]
-    levels = [_load_file(f, static_env_params) for f in files]
-    names = [lvl.name for lvl in levels]
+    names = [f.stem for f in files]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"two levels share the name(s) {duplicates}; names are file stems and must be unique")
-    return levels
+    return files
+
+
+def load_levels(
+    specs: Sequence[str | os.PathLike],
+    *,
+    level_dir: str | os.PathLike | None = None,
+    static_env_params: StaticEnvParams | None = None,
+) -> list[Level]:
+    """Load every level the specs name (``level_files``), in order."""
+    return [_load_file(f, static_env_params) for f in level_files(specs, level_dir)]
 
 
 def _nested(value):
@@ -176,6 +202,8 @@ def parse_level_json(data: dict) -> tuple[EnvState, StaticEnvParams, EnvParams]:
     papers' code) it ignores the file's ``gravity`` and ``highlighted`` entries and recomputes the
     collision matrix from the joints; ``max_timesteps`` is Kinetix's default.
     """
+    import jax
+    from kinetix.environment.env_state import EnvParams, StaticEnvParams
     from kinetix.environment.utils import create_empty_env
 
     stored = data["env_state"]
@@ -230,6 +258,7 @@ def collision_matrix(static: StaticEnvParams, joints) -> np.ndarray:
 def pad_state(state: EnvState, have: StaticEnvParams, want: StaticEnvParams) -> EnvState:
     """Kinetix's ``expand_env_state`` in numpy: zero-filled extra slots, circle indices shifted past the
     added polygons, the collision matrix recomputed and the warm-start manifolds emptied."""
+    import jax
     from kinetix.environment.utils import create_empty_env
 
     empty = jax.tree.map(np.array, create_empty_env(want))
@@ -257,9 +286,10 @@ def pad_state(state: EnvState, have: StaticEnvParams, want: StaticEnvParams) -> 
     )
 
 
-def _load_file(path: Path, static_env_params: StaticEnvParams) -> Level:
+def _load_file(path: Path, static_env_params: StaticEnvParams | None) -> Level:
     import json
 
+    static_env_params = static_env_params or paper_static_env_params()
     try:
         state, file_static, env_params = parse_level_json(json.loads(path.read_text()))
     except (KeyError, TypeError, ValueError, IndexError) as e:
@@ -284,6 +314,8 @@ def _load_file(path: Path, static_env_params: StaticEnvParams) -> Level:
 
 def stack_states(states: Sequence[EnvState]) -> EnvState:
     """Level states stacked along a new leading axis (for vmapping over levels)."""
+    import jax
+
     return jax.tree.map(lambda *x: np.stack(x), *states)
 
 

@@ -1,4 +1,4 @@
-"""``rtchunk live``: a Kinetix level run in wall-clock time by the asynchronous runtime.
+"""A Kinetix level run in wall-clock time by the asynchronous runtime (``rtchunk live``).
 
 The controller thread steps one environment every control period (30 Hz by default: one Kinetix step
 is two 1/60 s physics frames, so the level plays at its own speed) while a trained flow policy's real
@@ -15,19 +15,21 @@ them, ticks can be late, and the controller starves when a chunk runs out.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
-import json
 import math
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from rtchunk.delays import DelayEstimator, MaxEstimator
+from rtchunk.files import atomic_write_text, write_json
+from rtchunk.kinetix import policy_store, results
+from rtchunk.methods import DEFAULT_NUM_STEPS, MethodSettings, check_method_names
+from rtchunk.runtime.conditions import Paper, Queue, ReplanCondition, SinceSwap
 from rtchunk.runtime.robots import SimulatedRobot
 
 LIVE_METHODS = ("naive", "rtc", "trained_prefix")
@@ -50,85 +52,41 @@ class LiveConfig:
     """Latency added to every inference (the paper's robot experiments: +100 and +200 ms)."""
     control_hz: float = 30.0
     """Control rate; 30 Hz plays a Kinetix level in real time."""
-    replan: str = "paper"
-    """When the next inference starts: paper | since_swap | queue (see rtchunk.runtime)."""
-    s_min: int = 3
-    """Actions executed before the next inference starts (for queue: the remaining-actions threshold)."""
-    estimator_window: int = 10
-    """The delay the sampler is told is the max of the last this-many observed delays (the paper: 10)."""
+    replan: ReplanCondition = Paper(s_min=3)
+    """When the next inference starts (see rtchunk.runtime): paper (at least s_min actions of the chunk
+    executed), since-swap or queue."""
+    estimator: DelayEstimator = MaxEstimator()
+    """The delay the sampler is told, from the observed delays (the paper: the max of the last 10)."""
     episodes: int = 10
     """Episodes per method and latency (the success rate counts each)."""
     max_timesteps: int | None = None
     """Episode length; default: as in the policy's data (256)."""
-    num_flow_steps: int = 5
-    max_guidance_weight: float = 5.0
+    num_flow_steps: int = DEFAULT_NUM_STEPS
+    method_settings: MethodSettings = MethodSettings()
+    """The methods' knobs (RTC's guidance weight)."""
     video: bool = True
     """One mp4 per run showing its first episode."""
     out: Path = Path("runs/live")
     seed: int = 0
 
     def __post_init__(self):
-        unknown = [m for m in self.methods if m not in LIVE_METHODS]
-        if unknown or not self.methods:
-            raise ValueError(f"methods must be a non-empty subset of {', '.join(LIVE_METHODS)}, got {self.methods}")
+        if not self.methods:
+            raise ValueError(f"methods must name at least one of {', '.join(LIVE_METHODS)}")
+        check_method_names(self.methods, "--methods", allowed=LIVE_METHODS)
+        if not self.extra_latency_ms:
+            raise ValueError("extra_latency_ms must hold at least one latency (0 for none)")
         for ms in self.extra_latency_ms:
             if not (math.isfinite(ms) and 0 <= ms <= 10_000):
                 raise ValueError(f"extra_latency_ms must be in [0, 10000] ms, got {ms}")
-        if not self.extra_latency_ms:
-            raise ValueError("extra_latency_ms must hold at least one latency (0 for none)")
         if not (math.isfinite(self.control_hz) and 0 < self.control_hz <= 1000):
             raise ValueError(f"control_hz must be in (0, 1000], got {self.control_hz}")
-        if self.replan not in ("paper", "since_swap", "queue"):
-            raise ValueError(f"replan must be paper, since_swap or queue, got {self.replan!r}")
-        for name, low in (("s_min", 1), ("estimator_window", 1), ("episodes", 1), ("num_flow_steps", 1)):
-            if getattr(self, name) < low:
-                raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+        if not isinstance(self.replan, (Paper, SinceSwap, Queue)):
+            raise ValueError(f"replan must be paper, since-swap or queue, got {self.replan!r}")
+        for name, value in (("episodes", self.episodes), ("num_flow_steps", self.num_flow_steps)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
         if self.max_timesteps is not None and self.max_timesteps < 1:
             raise ValueError(f"max_timesteps must be >= 1, got {self.max_timesteps}")
-        if not self.max_guidance_weight > 0:
-            raise ValueError(f"max_guidance_weight must be > 0, got {self.max_guidance_weight}")
-
-
-class NoTrainedPolicy(ValueError):
-    """There is no checkpoint where the live demo looks for one."""
-
-
-def find_checkpoint(directory: Path, level: str | None = None) -> Path:
-    """A checkpoint directory from a checkpoint, a per-level directory or a `rtchunk train-policy` run."""
-    from rtchunk.checkpoints import META
-    from rtchunk.kinetix.sweep import _checkpoint_for
-
-    directory = Path(directory)
-    how = ("train one with `rtchunk demo` (the whole pipeline, about 13 min on a laptop CPU) or "
-           "`rtchunk train-policy`, or point --policy-dir / --trained-prefix-policy-dir at a checkpoint")
-    if not directory.exists():
-        raise NoTrainedPolicy(f"no trained policy at {directory}: {how}")
-    if (directory / META).is_file():
-        return directory
-    if level is None:
-        names = sorted(p.name for p in directory.iterdir() if p.is_dir() and any(p.glob(f"epoch_*/{META}")))
-        if len(names) != 1:
-            if not names:
-                raise NoTrainedPolicy(f"no trained policy in {directory} (no <level>/epoch_*/{META}): {how}")
-            raise ValueError(f"{directory} holds policies for several levels ({', '.join(names)}): choose one with --level")
-        level = names[0]
-    try:
-        return _checkpoint_for(directory, level)
-    except ValueError as e:
-        raise NoTrainedPolicy(f"{e}; {how}") from None
-
-
-def data_meta(policy_meta: dict, level_hint: str | None) -> dict:
-    """The meta.json of the data a `rtchunk train-policy` checkpoint was trained on ({} if unknown)."""
-    data_dir = policy_meta.get("data_dir")
-    if not data_dir:
-        return {}
-    candidates = sorted(Path(data_dir).glob("*/meta.json"))
-    if level_hint is not None:
-        candidates = [p for p in candidates if p.parent.name == level_hint] or candidates
-    if len(candidates) != 1:
-        return {}
-    return json.loads(candidates[0].read_text())
 
 
 class ClipDelay:
@@ -141,11 +99,11 @@ class ClipDelay:
         self.horizon = getattr(policy, "horizon", None)
         self.clipped = 0
 
-    def __call__(self, observation, prev_chunk_leftover, estimated_delay, execute_horizon):
-        if estimated_delay > self.max_delay:
+    def __call__(self, observation, prev_chunk_leftover, told_delay, execute_horizon):
+        if told_delay > self.max_delay:
             self.clipped += 1
-            estimated_delay = self.max_delay
-        return self.policy(observation, prev_chunk_leftover, estimated_delay, execute_horizon)
+            told_delay = self.max_delay
+        return self.policy(observation, prev_chunk_leftover, told_delay, execute_horizon)
 
 
 class KinetixRobot(SimulatedRobot):
@@ -197,22 +155,8 @@ def make_step(env):
     return step
 
 
-def _replan(config: LiveConfig):
-    from rtchunk.runtime import Paper, Queue, SinceSwap
-
-    return {"paper": Paper, "since_swap": SinceSwap, "queue": Queue}[config.replan](config.s_min)
-
-
-def _method(name: str, config: LiveConfig):
-    from rtchunk.sampling import RTC, Naive, TrainedPrefix
-
-    return {"naive": Naive(), "rtc": RTC(schedule="exp", max_guidance_weight=config.max_guidance_weight),
-            "trained_prefix": TrainedPrefix()}[name]
-
-
 def run_one(policy, env, level, step_fn, config: LiveConfig, extra_ms: float, horizon: int, out_dir: Path) -> dict:
     """One method at one latency: ``config.episodes`` episodes in wall-clock time. Returns a result row."""
-    from rtchunk.delays import MaxEstimator
     from rtchunk.metrics import wilson_interval
     from rtchunk.runtime import Runtime, RuntimeConfig, WithExtraLatency
 
@@ -221,9 +165,8 @@ def run_one(policy, env, level, step_fn, config: LiveConfig, extra_ms: float, ho
     chunk_policy = WithExtraLatency(policy, extra_ms / 1e3) if extra_ms > 0 else policy
     # d_init: what the injected latency alone will cost, so the first guided chunks are not told 0.
     initial = min(math.ceil(extra_ms / 1e3 / period), horizon - 1)
-    runtime = Runtime(chunk_policy, RuntimeConfig(replan=_replan(config), control_period_s=period,
-                                                  estimator=MaxEstimator(window=config.estimator_window),
-                                                  initial_delay=initial), robot=robot)
+    runtime = Runtime(chunk_policy, RuntimeConfig(replan=config.replan, control_period_s=period,
+                                                  estimator=config.estimator, initial_delay=initial), robot=robot)
     # Generous: every episode at full length, the robot's own step time, and a slow start.
     limit_s = config.episodes * env.config.max_timesteps * period * 2 + 60
     started = time.perf_counter()
@@ -251,7 +194,7 @@ def run_one(policy, env, level, step_fn, config: LiveConfig, extra_ms: float, ho
     }
     for key in ("ticks", "missed_ticks", "starvation_ticks", "swaps", "late_chunks", "jitter_ms_p50",
                 "jitter_ms_p99", "delay_ticks_p50", "delay_ticks_p95", "delay_ticks_p99", "latency_ms_p50",
-                "compute_ms_p50", "delay_given_mean", "delay_underestimated", "seam_jump_mean", "seam_jump_p99",
+                "compute_ms_p50", "told_delay_mean", "delay_underestimated", "seam_jump_mean", "seam_jump_p99",
                 "max_delta_action", "max_ddelta_action"):
         row[key] = summary.get(key, math.nan)
     row["delay_clipped"] = getattr(policy, "clipped", 0)
@@ -267,7 +210,7 @@ def run_one(policy, env, level, step_fn, config: LiveConfig, extra_ms: float, ho
 
 
 COLUMNS = ("method", "extra_latency_ms", "episodes", "solved", "solve_rate", "solve_rate_low", "solve_rate_high",
-           "return_mean", "length_mean", "delay_ticks_p50", "delay_ticks_p95", "delay_ticks_p99", "delay_given_mean",
+           "return_mean", "length_mean", "delay_ticks_p50", "delay_ticks_p95", "delay_ticks_p99", "told_delay_mean",
            "delay_underestimated", "delay_clipped", "starvation_ticks", "late_chunks", "swaps", "seam_jump_mean",
            "seam_jump_p99", "max_delta_action", "max_ddelta_action", "jitter_ms_p50", "jitter_ms_p99",
            "missed_ticks", "ticks", "latency_ms_p50", "compute_ms_p50", "wall_s", "video")
@@ -294,55 +237,42 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_results(out: Path, rows: list[dict]) -> dict[str, Path]:
-    from rtchunk.checkpoints import atomic_write_text
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: r.get(k, "") for k in COLUMNS})
-    paths = {"csv": out / "results.csv", "markdown": out / "results.md"}
-    atomic_write_text(paths["csv"], buf.getvalue())
-    atomic_write_text(paths["markdown"], markdown_table(rows))
-    return paths
-
-
 def load_live_policies(config: LiveConfig):
-    """(policies by method, the level spec, env settings) from the configured checkpoints."""
-    from rtchunk.checkpoints import load_policy
-
+    """(policies by method, their sources, the data's meta.json) from the configured checkpoints."""
     need_base = any(m != "trained_prefix" for m in config.methods)
     base_dir = config.policy_dir if need_base else config.trained_prefix_policy_dir
     level_name = None if config.level is None else Path(config.level).stem
-    base_path = find_checkpoint(base_dir, level_name)
-    base, base_meta = load_policy(base_path)
+    base_path = policy_store.find_checkpoint(base_dir, level_name)
+    base, base_meta = policy_store.load_policy(base_path)
     sources = {}
     policies = {}
     for method in config.methods:
         if method == "trained_prefix":
-            path = find_checkpoint(config.trained_prefix_policy_dir, level_name or base_path.parent.name)
-            policy, meta = load_policy(path)
-            delays = meta.get("training_delays")
-            if not delays:
+            path = policy_store.find_checkpoint(config.trained_prefix_policy_dir, level_name or base_path.parent.name)
+            info = policy_store.describe(path)
+            if info.trained_max_delay is None:
                 raise ValueError(f"trained_prefix needs a model trained with prefix conditioning (rtchunk train-policy "
                                  f"--simulated-delay); {path} has no 'training_delays' in its meta.json")
+            policy, _ = policy_store.load_policy(path)
             if (policy.obs_dim, policy.action_dim) != (base.obs_dim, base.action_dim):
                 raise ValueError(f"{path} and {base_path} have different observation/action dimensions")
-            policies[method] = (policy, int(delays["max_delay"]))
+            policies[method] = (policy, info.trained_max_delay)
             sources[method] = str(path)
         else:
             policies[method] = (base, None)
             sources[method] = str(base_path)
-    meta = data_meta(base_meta, level_name or base_path.parent.name)
+    meta = policy_store.data_meta(base_meta, level_name or base_path.parent.name)
     return policies, sources, meta
 
 
-def run(config: LiveConfig) -> list[dict]:
-    from rtchunk.checkpoints import atomic_write_text
+def run(config: LiveConfig, log: Callable[[str], None] = lambda message: None) -> list[dict]:
+    """Every method at every latency; writes ``<out>/results.csv`` (a row as each run ends), ``results.md``,
+    ``run.json`` and one directory per run. Everything is loaded and checked before the first write."""
     from rtchunk.kinetix import envs as envs_lib
     from rtchunk.kinetix import levels as levels_lib
+    from rtchunk.methods import make_method
     from rtchunk.runtime import flow_policy_fn
+    from rtchunk.runtime.conditions import check_condition
 
     policies, sources, meta = load_live_policies(config)
     level_spec = config.level or meta.get("level_source") or meta.get("level")
@@ -358,51 +288,43 @@ def run(config: LiveConfig) -> list[dict]:
         raise ValueError(f"the policy has obs_dim={some_policy.obs_dim}, action_dim={some_policy.action_dim}; "
                          f"level {level.name} gives obs_dim={env.obs_dim}, action_dim={env.action_dim}")
     horizon = some_policy.config.horizon
-    if config.replan != "queue" and config.s_min > horizon:
-        raise ValueError(f"s_min must be in [1, H = {horizon}], got {config.s_min}")
+    try:
+        check_condition(config.replan, horizon)
+    except ValueError as e:
+        raise ValueError(f"replan: {e}") from None
 
+    # Everything is checked: from here on the command writes.
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "results.csv", out / "results.md"
+    csv_path.unlink(missing_ok=True)  # a live run starts over (it does not resume)
     step_fn = make_step(env)
     # Compile the environment step before any clock starts.
     warm = KinetixRobot(env, arrays, step_fn, 1, config.seed, keep_states=False)
     warm.act(np.zeros(env.action_dim, np.float32))
 
-    print(f"level {level.name} (shrink={shrink}) at {config.control_hz:g} Hz, H={horizon}, replan={config.replan}"
-          f"(s_min={config.s_min}), {config.episodes} episode(s) per run")
+    log(f"level {level.name} (shrink={shrink}) at {config.control_hz:g} Hz, H={horizon}, replan={config.replan}, "
+        f"{config.episodes} episode(s) per run")
     rows = []
     for method in config.methods:
         flow, max_delay = policies[method]
-        chunk_policy = flow_policy_fn(flow, _method(method, config), num_steps=config.num_flow_steps, seed=config.seed)
+        chunk_policy = flow_policy_fn(flow, make_method(method, config.method_settings),
+                                      num_steps=config.num_flow_steps, seed=config.seed)
         for extra_ms in config.extra_latency_ms:
             policy = ClipDelay(chunk_policy, max_delay) if max_delay is not None else chunk_policy
             name = f"{method}_plus{extra_ms:g}ms"
-            print(f"  {name}: running ...", flush=True)
+            log(f"  {name}: running ...")
             row = {"method": method, "extra_latency_ms": float(extra_ms), "policy": sources[method],
                    **run_one(policy, env, arrays, step_fn, config, extra_ms, horizon, out / name)}
             rows.append(row)
-            print(f"  {name}: solved {row['solved']}/{row['episodes']}, delay p50 {_fmt(row['delay_ticks_p50'])} "
-                  f"ticks, starved {row['starvation_ticks']} ticks, seam jump mean {_fmt(row['seam_jump_mean'])}, "
-                  f"jitter p99 {_fmt(row['jitter_ms_p99'])} ms", flush=True)
+            log(f"  {name}: solved {row['solved']}/{row['episodes']}, delay p50 {_fmt(row['delay_ticks_p50'])} "
+                f"ticks, starved {row['starvation_ticks']} ticks, seam jump mean {_fmt(row['seam_jump_mean'])}, "
+                f"jitter p99 {_fmt(row['jitter_ms_p99'])} ms")
             if row["delay_clipped"]:
-                print(f"    (the delay estimate exceeded the model's trained max {max_delay} on {row['delay_clipped']} "
-                      f"call(s) and was clipped to it)")
-            _write_results(out, rows)
-    atomic_write_text(out / "run.json", json.dumps({"config": {k: str(v) for k, v in dataclasses.asdict(config).items()},
-                                                    "level": level.name, "shrink": shrink,
-                                                    "max_timesteps": max_timesteps, "policies": sources}, indent=1))
+                log(f"    (the delay estimate exceeded the model's trained max {max_delay} on {row['delay_clipped']} "
+                    f"call(s) and was clipped to it)")
+            results.append_rows(csv_path, [row], COLUMNS)
+            atomic_write_text(md_path, markdown_table(rows))
+    write_json(out / results.RUN_FILE, {"config": config, "level": level.name, "shrink": shrink,
+                                        "max_timesteps": max_timesteps, "policies": sources})
     return rows
-
-
-def main(config: LiveConfig) -> int:
-    try:
-        rows = run(config)
-    except NoTrainedPolicy as e:
-        print(f"rtchunk live: {e}")
-        return 2
-    paths = _write_results(Path(config.out), rows)
-    print()
-    print(markdown_table(rows))
-    print(f"results: {paths['csv']} and {paths['markdown']}; per run: {config.out}/<method>_plus<ms>ms/ "
-          f"(ticks.csv, inferences.csv, telemetry.json, telemetry.png, episode.mp4)")
-    return 0

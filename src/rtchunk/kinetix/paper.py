@@ -26,3 +26,8 @@ PAPER_SLOTS = {
     "frame_skip": 2,
 }
 """Every paper level is padded to these static parameters (Kinetix's ``l`` size)."""
+
+EPISODE_STEPS = 256
+"""Steps per episode (Kinetix's default, the papers' setting)."""
+ACTION_NOISE_STD = 0.1
+"""Gaussian noise added to every commanded action (training, data and evaluation alike)."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence, TypeVar
 
-import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+
+# JAX is imported by the functions, not here: a command's config (DistributedConfig) is parsed and checked
+# before JAX starts.
 
 T = TypeVar("T")
 
@@ -39,17 +40,24 @@ class DistributedConfig:
 def initialize(config: DistributedConfig) -> None:
     """Join the multi-process runtime (a no-op for a single process)."""
     if config.num_processes > 1:
+        import jax
+
         jax.distributed.initialize(config.coordinator, config.num_processes, config.process_id,
                                    local_device_ids=None)
 
 
 def my_share(items: Sequence[T]) -> list[T]:
     """This process's items: every P-th one, starting at its index (all of them in a single process)."""
+    import jax
+
     return list(items)[jax.process_index() :: jax.process_count()]
 
 
 def level_sharding(n: int):
     """Shard a leading axis of size n over this process's devices when it divides evenly, else one device."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec, SingleDeviceSharding
+
     devices = jax.local_devices()
     if n % len(devices) == 0 and len(devices) > 1:
         return NamedSharding(Mesh(np.array(devices), ("levels",)), PartitionSpec("levels"))
@@ -58,6 +66,8 @@ def level_sharding(n: int):
 
 def process_subdir() -> str:
     """'' for a single process, else 'process_I_of_P': where one process of a multi-host run writes."""
+    import jax
+
     if jax.process_count() == 1:
         return ""
     return f"process_{jax.process_index()}_of_{jax.process_count()}"
@@ -72,6 +82,8 @@ def precompile(calls: Sequence[tuple], workers: int = 2) -> int:
     from which the real calls load them; without that cache this would compile everything twice, so it
     then does nothing.
     """
+    import jax
+
     if not jax.config.jax_compilation_cache_dir or len(calls) < 2:
         return 0
     from concurrent.futures import ThreadPoolExecutor

@@ -1,4 +1,4 @@
-"""``rtchunk report``: the papers' plots and a markdown table from an eval run's CSV rows.
+"""The report of an eval run (``rtchunk report``): the papers' plots and a markdown table from its CSV rows.
 
 * ``solve_rate_vs_delay.png``: solve rate against the (fixed) delay d with s = max(d, 1), one panel per
   level plus their average; shaded bands are Wilson 95 % intervals.
@@ -20,21 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from rtchunk import metrics
-from rtchunk.checkpoints import atomic_write_text
-from rtchunk.kinetix.sweep import iter_result_files, read_rows
+from rtchunk.files import atomic_write_text
+from rtchunk.kinetix import results
 
 AVERAGE = "average"
 METHOD_ORDER = ("naive", "bid", "temporal_ensembling", "hard_mask", "rtc_linear", "rtc", "jacobian_free",
                 "trained_prefix")
-
-
-@dataclasses.dataclass(frozen=True)
-class ReportConfig:
-    run: Path
-    """An eval run directory (holding results*.csv)."""
-    out: Path | None = None
-    """Where plots and report.md go (default: the run directory)."""
-    d_for_horizon_plot: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +47,10 @@ class Rate:
 
 
 def load_rows(run: Path) -> list[dict]:
-    files = list(iter_result_files(run))
+    files = results.iter_result_files(run)
     if not files:
         raise ValueError(f"no results*.csv in {run}; run `rtchunk eval --out {run}` first")
-    rows = [r for f in files for r in read_rows(f)]
+    rows = [r for f in files for r in results.read_rows(f, results.COLUMNS)]
     if not rows:
         raise ValueError(f"the results in {run} hold no rows yet")
     return rows
@@ -174,16 +165,17 @@ def stochastic_table(rows: list[dict]) -> str | None:
                    "seam jump mean", "seam jump p99"], body)
 
 
-def write_report(config: ReportConfig) -> Path:
-    run = Path(config.run)
-    out = Path(config.out or run)
+def write_report(run: Path, out: Path | None = None, d_for_horizon_plot: int = 1) -> Path:
+    """Plots and report.md for the eval run in ``run``, written to ``out`` (default: ``run``); returns report.md."""
+    run = Path(run)
+    out = Path(out or run)
     rows = load_rows(run)
     rates = fixed_rates(rows)
     made = []  # (alt text, path)
     p = plot(rates, out / "solve_rate_vs_delay.png", x_of=lambda k: k[2], select=lambda k: k[3] == max(k[2], 1),
              xlabel="inference delay d (s = max(d, 1))", title="Solve rate vs inference delay")
     made += [("solve rate vs delay", p)] if p else []
-    d1 = config.d_for_horizon_plot
+    d1 = d_for_horizon_plot
     p = plot(rates, out / "solve_rate_vs_horizon.png", x_of=lambda k: k[3], select=lambda k: k[2] == d1,
              xlabel=f"execute horizon s (d = {d1})", title=f"Solve rate vs execute horizon at d = {d1}")
     made += [("solve rate vs execute horizon", p)] if p else []
@@ -209,9 +201,3 @@ def write_report(config: ReportConfig) -> Path:
     path = out / "report.md"
     atomic_write_text(path, "\n".join(parts))
     return path
-
-
-def main(config: ReportConfig) -> int:
-    path = write_report(config)
-    print(f"report: {path}")
-    return 0

@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterable
 
-from rtchunk.checkpoints import to_jsonable
+from rtchunk.files import to_jsonable
 
 
 class Tracker:

@@ -11,29 +11,17 @@ BACKENDS = ("jax", "torch")
 
 
 def find_checkpoint(policy_dir: Path, level: str | None = None) -> Path:
-    """The checkpoint to serve: ``policy_dir`` itself if it is one, else the last epoch of a
-    ``rtchunk train-policy`` run (``<dir>/<level>/epoch_XXX``; ``level`` picks one where it holds several)."""
-    from rtchunk.checkpoints import META
+    """The checkpoint to serve (``rtchunk.kinetix.policy_store.find_checkpoint``: a checkpoint itself, or the
+    last epoch of a ``rtchunk train-policy`` run), with errors that name the flag to change."""
+    from rtchunk.kinetix.policy_store import AmbiguousLevel, NoCheckpoint
+    from rtchunk.kinetix.policy_store import find_checkpoint as find
 
-    policy_dir = Path(policy_dir)
-    if (policy_dir / META).is_file():
-        return policy_dir
-    if not policy_dir.is_dir():
-        raise ValueError(f"--policy-dir: no checkpoint at {policy_dir} (train one with `rtchunk train-policy` "
-                         f"or `rtchunk demo`)")
-    epochs = sorted(p for p in policy_dir.glob("epoch_*") if (p / META).is_file())
-    if not epochs:
-        levels = sorted(p.name for p in policy_dir.iterdir() if p.is_dir() and any(p.glob(f"epoch_*/{META}")))
-        if level is None and len(levels) > 1:
-            raise ValueError(f"--level: {policy_dir} holds policies for several levels ({', '.join(levels)}); "
-                             f"choose one")
-        name = level if level is not None else (levels[0] if levels else None)
-        if name is not None:
-            epochs = sorted(p for p in (policy_dir / name).glob("epoch_*") if (p / META).is_file())
-    if not epochs:
-        where = f"{policy_dir}/{level}" if level else str(policy_dir)
-        raise ValueError(f"--policy-dir: no checkpoint in {where} (neither meta.json nor <level>/epoch_*/meta.json)")
-    return max(epochs, key=lambda p: int(p.name.split("_")[-1]) if p.name.split("_")[-1].isdigit() else -1)
+    try:
+        return find(policy_dir, level)
+    except AmbiguousLevel as e:
+        raise ValueError(f"--level: {e}") from None
+    except NoCheckpoint as e:
+        raise ValueError(f"--policy-dir: {e}") from None
 
 
 def load_backend(policy_dir: Path, *, backend: Literal["jax", "torch"] = "jax", level: str | None = None,

@@ -16,7 +16,9 @@ import json
 import time
 from pathlib import Path
 
-from rtchunk.model import ModelConfig
+from rtchunk.commands import log
+from rtchunk.kinetix.paper import EPISODE_STEPS
+from rtchunk.model_config import ModelConfig
 
 DEMO_MODEL = ModelConfig(channel_dim=128, channel_hidden_dim=256, token_hidden_dim=32, num_layers=2)
 
@@ -29,7 +31,7 @@ class DemoConfig:
     level_dir: Path | None = None
     shrink: bool = True
     """Simulate the level compacted to its used slots (h17_unicycle: identical outcomes, ~4x faster)."""
-    max_timesteps: int = 256
+    max_timesteps: int = EPISODE_STEPS
     expert_seeds: int = 2
     expert_envs: int = 256
     expert_steps: int = 524_288
@@ -63,6 +65,24 @@ class DemoConfig:
     """Methods shown in a video each, at the largest delay."""
     seed: int = 0
 
+    def __post_init__(self):
+        # The stages check their own settings too, but only when they start: a bad value for the last stage
+        # must not cost the earlier ones.
+        from rtchunk.methods import check_method_names
+
+        check_method_names(self.methods, "--methods")
+        check_method_names(self.video_methods, "--video-methods", allowed=self.methods)
+        if not self.delays or any(d < 0 for d in self.delays):
+            raise ValueError(f"--delays must be one or more integers >= 0, got {list(self.delays)}")
+        for name in ("max_timesteps", "expert_seeds", "expert_envs", "expert_steps", "data_steps", "data_envs",
+                     "bc_epochs", "bc_batch", "finetune_epochs", "eval_envs", "bid_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.simulated_delay <= self.model.horizon:
+            raise ValueError(f"--simulated-delay must be in [1, H={self.model.horizon}], got {self.simulated_delay}")
+        if max(self.delays) > self.model.horizon - 1:
+            raise ValueError(f"--delays must be below H={self.model.horizon}, got {max(self.delays)}")
+
 
 PRESETS = {
     "cpu": DemoConfig(),
@@ -93,8 +113,10 @@ def _stage(title: str, timings: dict, name: str):
 
 def run(config: DemoConfig) -> dict:
     """Run (or resume) every stage; returns the paths of what was written."""
-    from rtchunk.kinetix import bc, expert, generate, ppo, report, sweep
-    from rtchunk.kinetix.bc import BCConfig, TrainPolicyConfig
+    from rtchunk.commands import generate_data, train_expert, train_policy
+    from rtchunk.kinetix import expert, ppo, report, sweep
+    from rtchunk.kinetix.bc import BCConfig
+    from rtchunk.methods import MethodSettings
 
     out = Path(config.out_dir)
     paths = {name: out / name for name in ("experts", "data", "policy", "policy_rtc", "eval")}
@@ -105,7 +127,7 @@ def run(config: DemoConfig) -> dict:
         ppo_config = ppo.PPOConfig(num_envs=config.expert_envs, num_steps=min(64, config.max_timesteps),
                                    num_minibatches=4, ent_coef=0.01, total_timesteps=config.expert_steps)
         updates = ppo_config.num_updates
-        expert.main(expert.ExpertConfig(
+        train_expert.main(train_expert.ExpertConfig(
             out_dir=paths["experts"], levels=(config.level,), level_dir=config.level_dir, shrink=config.shrink,
             max_timesteps=config.max_timesteps,
             trainer=expert.TrainerSettings(num_seeds=config.expert_seeds, ppo=ppo_config,
@@ -122,18 +144,18 @@ def run(config: DemoConfig) -> dict:
             print(f"WARNING: no expert reached solve rate {threshold:.2f} (best {best:.2f}); the demo uses the best "
                   f"checkpoints anyway. Train longer (--expert-steps) for a meaningful benchmark.")
             threshold = best
-        generate.main(generate.GenerateConfig(expert_dir=paths["experts"], out_dir=paths["data"],
+        generate_data.main(generate_data.GenerateConfig(expert_dir=paths["experts"], out_dir=paths["data"],
                                               steps_per_level=config.data_steps, num_envs=config.data_envs,
                                               threshold=threshold, level_dir=config.level_dir, seed=config.seed))
 
     with _stage("3/6 flow policy (behaviour cloning)", timings, "policy"):
-        bc.main(TrainPolicyConfig(bc=BCConfig(
+        train_policy.main(train_policy.TrainPolicyConfig(bc=BCConfig(
             data_dir=paths["data"], out_dir=paths["policy"], model=config.model, batch_size=config.bc_batch,
             num_epochs=config.bc_epochs, max_steps_per_epoch=config.steps_per_epoch, warmup_steps=config.bc_warmup_steps,
             seed=config.seed), quick_eval_envs=0))
 
     with _stage("4/6 training-time RTC fine-tune", timings, "policy_rtc"):
-        bc.main(TrainPolicyConfig(bc=BCConfig(
+        train_policy.main(train_policy.TrainPolicyConfig(bc=BCConfig(
             data_dir=paths["data"], out_dir=paths["policy_rtc"], model=config.model, batch_size=config.bc_batch,
             num_epochs=config.finetune_epochs, max_steps_per_epoch=config.steps_per_epoch, warmup_steps=0,
             simulated_delay=config.simulated_delay,
@@ -142,16 +164,18 @@ def run(config: DemoConfig) -> dict:
     eval_config = sweep.EvalConfig(
         levels=(config.level,), level_dir=config.level_dir, out=paths["eval"], methods=config.methods,
         delays=config.delays, shortest_horizon_only=True, num_envs=config.eval_envs, policy_dir=paths["policy"],
-        trained_prefix_policy_dir=paths["policy_rtc"], bid_samples=config.bid_samples, shrink=config.shrink,
+        trained_prefix_policy_dir=paths["policy_rtc"], # BID runs without a weak policy here, so its K only has to fit N.
+        method_settings=MethodSettings(bid_samples=config.bid_samples, bid_top_k=min(3, config.bid_samples)),
+        shrink=config.shrink,
         max_timesteps=config.max_timesteps, seed=config.seed, video_envs=config.video_envs,
         # Videos come from the evaluation's own rollouts: no extra compile per method.
         video_rows=tuple(f"{m}:{max(config.delays)}" for m in config.video_methods),
     )
     with _stage("5/6 simulated-delay evaluation", timings, "eval"):
-        results = sweep.run(eval_config)
+        results = sweep.run(eval_config, log=log)
 
     with _stage("6/6 report and video", timings, "report"):
-        report_path = report.write_report(report.ReportConfig(run=paths["eval"]))
+        report_path = report.write_report(paths["eval"])
         videos = sorted((paths["eval"] / "videos").glob("*.mp4"))
 
     timings["total"] = round(time.perf_counter() - started, 1)
@@ -159,7 +183,7 @@ def run(config: DemoConfig) -> dict:
                "videos": videos, "experts": paths["experts"], "data": paths["data"], "policy": paths["policy"],
                "policy_rtc": paths["policy_rtc"]}
     summary = {"timings_s": timings, "config": config, "written": written, "results": _headline(results)}
-    from rtchunk.checkpoints import atomic_write_text, to_jsonable
+    from rtchunk.files import atomic_write_text, to_jsonable
 
     atomic_write_text(out / "summary.json", json.dumps(to_jsonable(summary), indent=2, default=str))
     _print_summary(summary, out)

@@ -10,12 +10,8 @@ from __future__ import annotations
 import dataclasses
 import time
 
-import flax.nnx as nnx
-import jax
-import jax.numpy as jnp
-
-from rtchunk.model import FlowPolicy, ModelConfig
-from rtchunk.sampling import BID, RTC, HardMask, JacobianFree, Naive, TrainedPrefix, sample_chunk
+from rtchunk.methods import DEFAULT_NUM_STEPS, METHOD_NAMES, MethodSettings, execution, make_method
+from rtchunk.model_config import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,17 +23,32 @@ class SampleDemoConfig:
     """d: actions of the previous chunk that execute while the new one is computed."""
     execute_horizon: int = 3
     """s: actions executed per chunk; guidance ends at H - s."""
-    num_steps: int = 5
+    num_steps: int = DEFAULT_NUM_STEPS
+    method_settings: MethodSettings = MethodSettings(bid_samples=16)
+    """The methods' knobs (BID samples 16 candidates here)."""
     seed: int = 0
+
+    def __post_init__(self):
+        horizon = ModelConfig().horizon
+        for name in ("batch", "obs_dim", "action_dim", "num_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.execute_horizon <= horizon:
+            raise ValueError(f"--execute-horizon must be in [1, H={horizon}], got {self.execute_horizon}")
+        if not 0 <= self.inference_delay <= horizon - self.execute_horizon:
+            raise ValueError(f"--inference-delay must be in [0, H - execute_horizon = "
+                             f"{horizon - self.execute_horizon}], got {self.inference_delay}")
 
 
 def main(config: SampleDemoConfig = SampleDemoConfig()) -> int:
+    import flax.nnx as nnx
+    import jax
+    import jax.numpy as jnp
+
+    from rtchunk.model import FlowPolicy
+    from rtchunk.sampling import sample_chunk
+
     model = ModelConfig()
-    if not 0 <= config.inference_delay <= model.horizon - config.execute_horizon:
-        raise ValueError(
-            f"inference_delay must be in [0, H - execute_horizon = {model.horizon - config.execute_horizon}], "
-            f"got {config.inference_delay}"
-        )
     policy = FlowPolicy(config.obs_dim, config.action_dim, model, rngs=nnx.Rngs(config.seed))
     graphdef, weights = nnx.split(policy)
     # A fresh policy's adaLN-zero blocks are the identity, so its tokens would not interact and the
@@ -52,15 +63,9 @@ def main(config: SampleDemoConfig = SampleDemoConfig()) -> int:
     noise = jax.random.normal(k_noise, prev.shape)
     d, s, h = config.inference_delay, config.execute_horizon, model.horizon
 
-    methods = {
-        "naive": Naive(),
-        "rtc (exp)": RTC(),
-        "rtc (linear)": RTC(schedule="linear"),
-        "hard mask": HardMask(),
-        "jacobian-free": JacobianFree(),
-        "trained prefix*": TrainedPrefix(),
-        "bid (N=16)": BID(rng=k_bid, num_samples=16),
-    }
+    # Temporal ensembling samples like naive (it differs in how chunks are executed), so it is left out.
+    methods = {name: make_method(name, config.method_settings, rng=k_bid) for name in METHOD_NAMES
+               if execution(name) == "latest"}
     print(f"H={h}  d={d}  s={s}  batch={config.batch}  flow steps={config.num_steps}  (random weights, untrained)")
     print(f"{'method':<16} {'|new-prev| frozen':>18} {'|new-prev| soft':>16} {'ms/chunk':>9} {'x naive':>8}")
     base = None
@@ -80,6 +85,7 @@ def main(config: SampleDemoConfig = SampleDemoConfig()) -> int:
         base = base or ms
         frozen = float(jnp.abs(chunk[:, :d] - prev[:, :d]).mean()) if d else float("nan")
         soft = float(jnp.abs(chunk[:, d : h - s] - prev[:, d : h - s]).mean()) if h - s > d else float("nan")
-        print(f"{name:<16} {frozen:>18.4f} {soft:>16.4f} {ms:>9.2f} {ms / base:>8.2f}")
-    print("* trained prefix expects a model trained with prefix conditioning; here it only shows the exact prefix.")
+        label = name + ("*" if name == "trained_prefix" else "")
+        print(f"{label:<16} {frozen:>18.4f} {soft:>16.4f} {ms:>9.2f} {ms / base:>8.2f}")
+    print("* trained_prefix expects a model trained with prefix conditioning; here it only shows the exact prefix.")
     return 0

@@ -30,6 +30,10 @@ class Show:
     level_dir: Path | None = None
     json: bool = False
 
+    def __post_init__(self):
+        if not self.levels:
+            raise ValueError("--levels must name at least one level")
+
 
 @dataclasses.dataclass(frozen=True)
 class Shrink:
@@ -41,6 +45,12 @@ class Shrink:
     """Open-loop episodes to compare full vs shrunk physics on (0: only count slots)."""
     seed: int = 0
 
+    def __post_init__(self):
+        if not self.levels:
+            raise ValueError("--levels must name at least one level")
+        if not isinstance(self.episodes, int) or self.episodes < 0:
+            raise ValueError(f"--episodes must be an integer >= 0, got {self.episodes!r}")
+
 
 Command = Union[
     Annotated[List, tyro.conf.subcommand("list", prefix_name=False)],
@@ -50,6 +60,8 @@ Command = Union[
 
 
 def _list(cmd: List) -> None:
+    if cmd.level_dir is not None and not Path(cmd.level_dir).is_dir():
+        raise ValueError(f"--level-dir {cmd.level_dir} is not a directory")
     names = levels_lib.list_packaged()
     shown = names if cmd.all else [n for n in names if n.startswith("l/")]
     print(f"kinetix-env levels ({levels_lib.packaged_level_dir()}):")

@@ -1,4 +1,4 @@
-"""Simulated-delay evaluation: many environments executing action chunks under inference delay, jitted.
+"""The benchmark harness: many environments executing action chunks under inference delay, jitted.
 
 Execution model (per environment, the papers' Algorithm 1 with a simulated clock). An inference starts
 at step t0 from the observation o_t0; its chunk covers steps t0 .. t0+H-1 and becomes available after
@@ -6,36 +6,29 @@ the *actual* delay d (sampled per environment per chunk). Until then the control
 chunk it has; from t0+d on it executes the new chunk. The next inference starts at t0 + max(s, d): after
 s actions, or later when the inference itself took longer (the cycle stretches; an inference cannot
 start before the last one ends). With d <= s every cycle executes d actions of the previous chunk and
-s - d of the new one, and the new chunk is shifted by s, as in the papers. When the chunk being executed
-runs out before a new one arrives, the controller holds its last action and counts a starvation step.
-The first chunk is computed synchronously from o_0 (no previous chunk).
+s - d of the new one, and the new chunk is shifted by s, as in the papers. When the newest chunk has
+run out (or arrives already past its end), the controller holds its last action and counts a starved
+step (``rtchunk.execution``, the rule the runtime follows too). The first chunk is computed
+synchronously from o_0 (no previous chunk).
 
 The sampler is told an *estimate* of the delay: the estimator (default: max of the last 10 observed
 delays, the paper's Algorithm 1) over that environment's observed delays, starting from
-``initial_estimate``. Methods whose contract needs d <= H - s (RTC, hard masking, Jacobian-free,
-trained prefix) are told min(estimate, H - s), the others min(estimate, H) (``delay_spec``'s
-``delay_contract``); ``p_violate`` counts how often the actual delay broke d <= H - s.
-The previous chunk handed to the sampler is the chunk being executed, shifted to the new chunk's first
-step, with entries past its end filled with the last executed action (what the controller would hold:
-``rtchunk.execution``, the rule the runtime follows too, also when a chunk arrives already past its end).
+``initial_estimate``, clipped to ``told_max`` (``rtchunk.methods.told_delay_bound``: H - s for the
+methods that freeze a prefix of the previous chunk, H for the others); ``p_violate`` counts how often
+the actual delay broke d <= H - s. The previous chunk handed to the sampler is the chunk being
+executed, shifted to the new chunk's first step, with entries past its end filled with the last
+executed action (what the controller would hold).
 
 Temporal ensembling (``execution="ensemble"``) keeps every chunk that still covers the current step and
 executes their weighted average, weights exp(-decay * k) for the k-th chunk of the environment (older
 chunks weigh more, as in ACT), counting only chunks that have arrived.
 
-The policy enters as ``chunk_fn(params, obs [B, O], noise [B, H, A], prev_chunk [B, H, A] | None,
-inference_delay [B] int32, execute_horizon [] int32, rng) -> chunk [B, H, A]``: a hashable callable
-(its identity keys the compile cache) with the weights passed as ``params``, so one compiled rollout
-serves every level and every checkpoint of the same shapes. ``prev_chunk`` is None for the synchronous
-first chunk. ``policy_chunk_fn`` builds one from a FlowPolicy and a sampling method;
-``scripted_chunk_fn`` is a policy whose actions say which chunk and index they came from (for tests).
-``switched_chunk_fn`` puts several chunk functions into one rollout, picked by a traced index: the
-physics, most of a rollout's compile time, then compiles once for all the methods of a sweep.
-
-Execute horizon, delay distribution, delay contract and initial estimate are traced arguments: a sweep
-over d and s compiles the rollout once (once per method without a switch). Randomness is drawn per environment from that environment's own
-key, so results do not depend on how environments are split over devices (except BID's extra
-candidates, which the sampler draws for the whole per-device batch).
+The policy enters as a chunk function (``rtchunk.kinetix.chunk_fns``) with the weights passed as
+``params``, so one compiled rollout serves every level and every checkpoint of the same shapes.
+Execute horizon, delay distribution, told-delay bound and initial estimate are traced arguments: a
+sweep over d and s compiles the rollout once. Randomness is drawn per environment from that
+environment's own key, so results do not depend on how environments are split over devices (except
+BID's extra candidates, which the sampler draws for the whole per-device batch).
 """
 
 from __future__ import annotations
@@ -44,9 +37,8 @@ import dataclasses
 import functools
 import math
 import time
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
-import flax.nnx as nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,114 +48,9 @@ from jax.sharding import PartitionSpec as P
 from rtchunk import delays as delays_lib
 from rtchunk import metrics
 from rtchunk.execution import executed_action
-from rtchunk.sampling import BID, GUIDED, Method, Naive, TrainedPrefix, sample_chunk
+from rtchunk.kinetix.chunk_fns import ChunkFn
 
-ChunkFn = Callable[..., jax.Array]
 Execution = Literal["latest", "ensemble"]
-DelayContract = Literal["overlap", "horizon"]
-
-
-# -- policies ----------------------------------------------------------------------------------------
-
-
-def delay_contract(method: Method) -> DelayContract:
-    """'overlap' if the method needs the told delay <= H - s (it freezes actions of the previous chunk)."""
-    return "overlap" if isinstance(method, GUIDED + (TrainedPrefix,)) else "horizon"
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class PolicyChunkFn:
-    """A FlowPolicy sampled with ``method``: ``params`` is the policy's ``nnx.State`` (or, for BID with a
-    weak policy, ``(strong_state, weak_state)``). The first chunk is always sampled naively. BID's
-    ``rng`` and ``weak_velocity_fn`` are supplied per call."""
-
-    graphdef: Any
-    method: Method
-    num_steps: int = 5
-    weak_policy: bool = False
-
-    def __post_init__(self):
-        if self.weak_policy and not isinstance(self.method, BID):
-            raise ValueError("weak_policy is only used by BID")
-
-    def __call__(self, params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
-        strong, weak = params if self.weak_policy else (params, None)
-        velocity_fn = nnx.merge(self.graphdef, strong).velocity_fn(obs)
-        method = self.method
-        if prev_chunk is None:
-            method = Naive()
-        elif isinstance(method, BID):
-            weak_fn = nnx.merge(self.graphdef, weak).velocity_fn(obs) if self.weak_policy else None
-            method = dataclasses.replace(method, rng=rng, weak_velocity_fn=weak_fn)
-        return sample_chunk(
-            velocity_fn, noise, method, prev_chunk=prev_chunk, inference_delay=inference_delay,
-            execute_horizon=execute_horizon, num_steps=self.num_steps,
-        )
-
-
-@functools.lru_cache(maxsize=64)
-def _policy_chunk_fn(graphdef, method, num_steps, weak_policy):
-    return PolicyChunkFn(graphdef, method, num_steps, weak_policy)
-
-
-def policy_chunk_fn(graphdef, method: Method, num_steps: int = 5, weak_policy: bool = False) -> PolicyChunkFn:
-    """The chunk function of a FlowPolicy; the same arguments give the same object (one compile)."""
-    return _policy_chunk_fn(graphdef, method, num_steps, weak_policy)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class SwitchedChunkFn:
-    """Several chunk functions as one: ``params = (index, (params_0, ..., params_n-1))`` runs
-    ``chunk_fns[index]`` with its own params (``lax.switch``: only that branch executes). The branches
-    may hold different policies and methods; they must return chunks of one shape."""
-
-    chunk_fns: tuple
-
-    def __post_init__(self):
-        if not self.chunk_fns:
-            raise ValueError("switched_chunk_fn needs at least one chunk function")
-
-    def __call__(self, params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
-        index, each = params
-        if len(each) != len(self.chunk_fns):
-            raise ValueError(f"params must hold one entry per chunk function ({len(self.chunk_fns)}), got {len(each)}")
-        branches = [functools.partial(self._branch, i) for i in range(len(self.chunk_fns))]
-        return jax.lax.switch(index, branches, each, obs, noise, prev_chunk, inference_delay, execute_horizon, rng)
-
-    def _branch(self, i, each, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
-        chunk = self.chunk_fns[i](each[i], obs, noise, prev_chunk, inference_delay, execute_horizon, rng)
-        return chunk.astype(jnp.float32)
-
-
-@functools.lru_cache(maxsize=64)
-def switched_chunk_fn(chunk_fns: tuple) -> SwitchedChunkFn:
-    """One chunk function for several (the same tuple gives the same object: one compile)."""
-    return SwitchedChunkFn(tuple(chunk_fns))
-
-
-def switched_params(index: int, params: tuple) -> tuple:
-    """The params of branch ``index`` of a ``SwitchedChunkFn`` (strongly typed: no recompile per index)."""
-    return np.int32(index), tuple(params)
-
-
-def scripted_chunk_fn(params, obs, noise, prev_chunk, inference_delay, execute_horizon, rng):
-    """A policy for checking execution: ``chunk[b, i] = (id, i, told delay, prev_chunk[b, i, 1], 0, ...)``.
-
-    The id counts the chunks of each environment: 1 for the first, then previous id + 1 (read from
-    ``prev_chunk``, which is the chunk being executed), so an executed action says exactly which chunk and
-    which index it came from; the fourth entry says which index of the previous chunk the sampler was
-    given at position i. Needs action_dim >= 3 (>= 4 for the fourth entry).
-    """
-    del params, obs, execute_horizon, rng
-    batch, horizon, action_dim = noise.shape
-    ids = jnp.ones(batch) if prev_chunk is None else prev_chunk[:, 0, 0] + 1
-    chunk = jnp.zeros((batch, horizon, action_dim), jnp.float32)
-    chunk = chunk.at[:, :, 0].set(ids[:, None])
-    chunk = chunk.at[:, :, 1].set(jnp.arange(horizon, dtype=jnp.float32)[None])
-    chunk = chunk.at[:, :, 2].set(jnp.asarray(inference_delay, jnp.float32)[:, None])
-    if action_dim > 3:
-        chunk = chunk.at[:, :, 3].set(-1.0 if prev_chunk is None else prev_chunk[:, :, 1])
-    return chunk
 
 
 # -- configuration -----------------------------------------------------------------------------------
@@ -180,9 +67,9 @@ class HarnessConfig:
     execution: Execution = "latest"
     ensemble_decay: float = 0.01
     """Temporal ensembling: weight exp(-decay * k) for the k-th chunk (ACT's m)."""
-    estimator: delays_lib.DelayEstimator = delays_lib.MaxEstimator(window=10)
+    estimator: delays_lib.DelayEstimator = delays_lib.MaxEstimator()
     record_states: int = 0
-    """Keep the physics states of this many environments (per device) for videos."""
+    """Keep the physics states of this many environments (per device) for videos (``--video-envs``)."""
     max_devices: int | None = None
     """Shard environments over at most this many devices (default: all that divide num_envs)."""
     fast_compile: bool = False
@@ -215,11 +102,11 @@ class DelaySpec:
 
 
 def delay_spec(profile: delays_lib.DelayProfile, execute_horizon: int, horizon: int,
-               initial_estimate: int | None = None, delay_contract: DelayContract = "horizon") -> DelaySpec:
+               initial_estimate: int | None = None, told_max: int | None = None) -> DelaySpec:
     """Check s and the profile against H and pack them as arrays (the initial estimate defaults to the median).
 
-    ``delay_contract``: 'overlap' tells the sampler min(estimate, H - s) (methods that freeze actions of
-    the previous chunk, see ``delay_contract(method)``); 'horizon' tells it min(estimate, H).
+    ``told_max``: the largest delay the sampler is told, ``rtchunk.methods.told_delay_bound(method, H, s)``
+    (default: H, for a policy that may be told any delay).
 
     The support is padded with zero-probability entries to 8 values (or the next power of two), so fixed
     and stochastic profiles share one compiled rollout.
@@ -231,8 +118,9 @@ def delay_spec(profile: delays_lib.DelayProfile, execute_horizon: int, horizon: 
         initial_estimate = delays_lib.quantile(profile, 0.5)
     if not isinstance(initial_estimate, (int, np.integer)) or initial_estimate < 0:
         raise ValueError(f"initial_estimate must be an integer >= 0, got {initial_estimate!r}")
-    if delay_contract not in ("overlap", "horizon"):
-        raise ValueError(f"delay_contract must be 'overlap' or 'horizon', got {delay_contract!r}")
+    told_max = horizon if told_max is None else told_max
+    if not isinstance(told_max, (int, np.integer)) or not 0 <= told_max <= horizon:
+        raise ValueError(f"told_max must be an integer in [0, horizon={horizon}], got {told_max!r}")
     size = max(8, 1 << (len(values) - 1).bit_length())
     pad = size - len(values)
     return DelaySpec(
@@ -240,7 +128,7 @@ def delay_spec(profile: delays_lib.DelayProfile, execute_horizon: int, horizon: 
         delay_values=np.concatenate([values, np.zeros(pad)]).astype(np.int32),
         delay_probs=np.concatenate([probs, np.zeros(pad)]).astype(np.float32),
         initial_estimate=np.int32(initial_estimate),
-        told_max=np.int32(horizon - execute_horizon if delay_contract == "overlap" else horizon),
+        told_max=np.int32(told_max),
     )
 
 
@@ -330,7 +218,10 @@ def _make_local_rollout(env, chunk_fn, config: HarnessConfig, steps: int):
             offset = t - pick(buf.origin)
             position = offset[:, None] + jnp.arange(horizon)[None]
             prev = jnp.take_along_axis(cur, jnp.minimum(position, horizon - 1)[:, :, None], axis=1)
-            prev = executed_action(prev, position, horizon, carry["last_action"][:, None], jnp)[0]
+            # Past the chunk's end the controller will hold the last action it executed: the chunk's own last
+            # entry while the chunk still runs, the action held now when it ran out already (or arrived stale).
+            held = jnp.where((offset < horizon)[:, None], cur[:, -1], carry["last_action"])
+            prev = executed_action(prev, position, horizon, held[:, None], jnp)[0]
             estimate = jnp.asarray(config.estimator.estimate(carry["history"]), jnp.int32)
             told = jnp.clip(estimate, 0, told_max)
             chunk = chunk_fn(params, carry["obs"], noise_at(t), prev, told, s, jax.random.fold_in(policy_key, t))
@@ -519,9 +410,9 @@ class Evaluation:
 def evaluate(env, level, chunk_fn: ChunkFn, params, *, execute_horizon: int,
              profile: delays_lib.DelayProfile = delays_lib.FixedDelay(0), rng: jax.Array | None = None,
              config: HarnessConfig = HarnessConfig(), initial_estimate: int | None = None,
-             delay_contract: DelayContract = "horizon") -> Evaluation:
+             told_max: int | None = None) -> Evaluation:
     """Roll out and summarize one configuration (the rollout compiles once per env/chunk_fn/config)."""
-    spec = delay_spec(profile, execute_horizon, config.horizon, initial_estimate, delay_contract)
+    spec = delay_spec(profile, execute_horizon, config.horizon, initial_estimate, told_max)
     rng = jax.random.key(0) if rng is None else rng
     start = time.perf_counter()
     records = rollout(env, level, chunk_fn, params, spec, rng, config)
