@@ -3,6 +3,7 @@ time at 100 Hz with 12-step episodes, with and without injected latency."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import flax.nnx as nnx
@@ -94,3 +95,38 @@ def test_clip_delay_counts():
     clip(None, None, 5, 3)
     clip(None, None, 1, 3)
     assert seen == [2, 1] and clip.clipped == 1
+
+
+def test_live_with_the_policy_on_a_server(trained, tmp_path):
+    """`rtchunk live --remote`: the same run with the policy behind `rtchunk serve`'s server on loopback;
+    the telemetry splits each round trip into server compute, batch queue and transport."""
+    from rtchunk.serving.checkpoint import load_backend
+    from rtchunk.serving.server import PolicyServer, ServerConfig
+
+    backend, _ = load_backend(trained / "policy", max_batch=1)
+    backend.warmup(("naive", "rtc"))  # as `rtchunk serve` does before it listens
+    with PolicyServer(backend, ServerConfig(port=0, max_batch=1, api_key="k3y")).start() as server:
+        config = live.LiveConfig(policy_dir=trained / "policy", remote=server.url, api_key="k3y",
+                                 methods=("naive", "rtc"), extra_latency_ms=(0.0, 45.0), control_hz=100.0,
+                                 replan=Paper(s_min=2), episodes=2, video=False, out=tmp_path / "out")
+        rows = live.run(config)
+        assert [(r["method"], r["extra_latency_ms"]) for r in rows] == [
+            ("naive", 0.0), ("naive", 45.0), ("rtc", 0.0), ("rtc", 45.0)]
+        for r in rows:
+            assert r["episodes"] == 2 and r["swaps"] >= 1 and r["policy"].startswith(server.url)
+            assert r["server_compute_ms_p50"] > 0 and r["transport_ms_p50"] >= 0
+            if r["extra_latency_ms"] > 0:
+                assert r["delay_ticks_p50"] >= 4  # the injected 45 ms, as in-process
+        assert "k3y" not in (tmp_path / "out" / "run.json").read_text()
+        with pytest.raises(ValueError, match="^--remote: .* does not serve trained_prefix"):
+            live.run(dataclasses.replace(config, methods=("trained_prefix",), out=tmp_path / "out2"))
+        assert not (tmp_path / "out2").exists()
+    with pytest.raises(ValueError, match="^--remote: "):  # the server is gone
+        live.run(dataclasses.replace(config, connect_timeout_s=0.2, out=tmp_path / "out3"))
+
+
+def test_live_remote_flags_are_checked():
+    with pytest.raises(ValueError, match="remote must be a ws:// or wss:// address"):
+        live.LiveConfig(remote="localhost:8000")
+    with pytest.raises(ValueError, match="trained_prefix_remote needs remote"):
+        live.LiveConfig(trained_prefix_remote="ws://127.0.0.1:1")

@@ -35,6 +35,10 @@ def test_methods_that_freeze_a_prefix_may_be_told_at_most_h_minus_s():
         assert not freezes_prefix(method)
         assert told_delay_bound(method, H, 3) == H
     assert told_delay_bound(None, H, 3) == 5  # unknown method: only what the previous chunk covers
+    # By registered name (a remote policy knows only the name it asks the server for).
+    assert {n: told_delay_bound(n, H, 3) for n in METHOD_NAMES} == {
+        "naive": 8, "rtc": 5, "rtc_linear": 5, "hard_mask": 5, "jacobian_free": 5, "bid": 8,
+        "temporal_ensembling": 8, "trained_prefix": 5}
 
 
 def test_registry_builds_every_named_method_with_the_papers_defaults():
@@ -69,8 +73,8 @@ def test_unknown_names_suggest_the_closest():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(max_guidance_weight=0.0), "max_guidance_weight must be a finite number > 0"),
     (dict(max_guidance_weight=float("inf")), "max_guidance_weight"),
-    (dict(bid_samples=0), "num_samples must be an integer >= 1"),
-    (dict(bid_samples=2, bid_top_k=3), r"top_k must be in \[1, num_samples=2\]"),
+    (dict(bid_samples=0), "bid_samples must be an integer >= 1"),
+    (dict(bid_samples=2, bid_top_k=3), r"bid_top_k must be in \[1, bid_samples=2\]"),
     (dict(ensemble_decay=-1.0), "ensemble_decay"),
 ])
 def test_method_settings_are_validated(kwargs, match):

@@ -137,13 +137,16 @@ PREFIX_FREEZING = GUIDED + (TrainedPrefix,)
 
 
 def freezes_prefix(method) -> bool:
-    """Whether the method takes its first d actions from the previous chunk (so d <= H - s)."""
+    """Whether the method (an object, or a registered name such as a remote policy's) takes its first d
+    actions from the previous chunk (so d <= H - s)."""
+    if isinstance(method, str):
+        return method in PREFIX_FREEZING_NAMES
     return isinstance(method, PREFIX_FREEZING)
 
 
 def told_delay_bound(method, horizon: int, execute_horizon: int) -> int:
-    """The largest delay ``method`` may be told: H - s when it freezes a prefix of the previous chunk (whose
-    entries at and beyond H - s are unused), else H. ``method=None`` (a policy whose method is unknown) gets
+    """The largest delay ``method`` (an object or a registered name) may be told: H - s when it freezes a
+    prefix of the previous chunk (whose entries at and beyond H - s are unused), else H. ``method=None`` (a policy whose method is unknown) gets
     H - s: no more than the previous chunk covers."""
     if method is None or freezes_prefix(method):
         return horizon - execute_horizon
@@ -237,6 +240,9 @@ REGISTRY: dict[str, NamedMethod] = {
                                   description="training-time RTC (a model trained with TrainingDelays)"),
 }
 METHOD_NAMES: tuple[str, ...] = tuple(REGISTRY)
+PREFIX_FREEZING_NAMES = frozenset(
+    name for name, entry in REGISTRY.items() if isinstance(entry.build(MethodSettings(bid_samples=1), None), PREFIX_FREEZING)
+)
 
 
 def check_method_names(names, parameter: str = "--methods", allowed=METHOD_NAMES) -> tuple[str, ...]:

@@ -11,6 +11,10 @@ one video per run.
 Unlike ``rtchunk eval`` (the benchmark: thousands of simulated environments, delays counted in
 steps) this measures what a robot would see: delays are whatever the CPU and the injected latency make
 them, ticks can be late, and the controller starves when a chunk runs out.
+
+With ``remote`` the policy runs in a policy server (``rtchunk serve``, another process or machine) and the
+runtime asks it over the websocket protocol (``rtchunk.serving.RemotePolicy``), naming each method; the
+telemetry then splits every round trip into server compute, batch queue and transport.
 """
 
 from __future__ import annotations
@@ -68,6 +72,15 @@ class LiveConfig:
     """One mp4 per run showing its first episode."""
     out: Path = Path("runs/live")
     seed: int = 0
+    remote: str | None = None
+    """ws://host:port of a policy server (`rtchunk serve --policy-dir ...`): the policy runs there, each method
+    asked for by name, instead of in this process. The level still comes from --policy-dir's data (or --level)."""
+    trained_prefix_remote: str | None = None
+    """A second server for trained_prefix (one server serves one checkpoint); default: --remote."""
+    api_key: str | None = None
+    """Sent to the servers as `Authorization: Api-Key <key>`."""
+    connect_timeout_s: float = 30.0
+    """How long to wait for a server at start (retrying with backoff)."""
 
     def __post_init__(self):
         if not self.methods:
@@ -87,6 +100,14 @@ class LiveConfig:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if self.max_timesteps is not None and self.max_timesteps < 1:
             raise ValueError(f"max_timesteps must be >= 1, got {self.max_timesteps}")
+        for name in ("remote", "trained_prefix_remote"):
+            url = getattr(self, name)
+            if url is not None and not url.startswith(("ws://", "wss://")):
+                raise ValueError(f"{name} must be a ws:// or wss:// address (host:port of `rtchunk serve`), got {url!r}")
+        if self.trained_prefix_remote is not None and self.remote is None:
+            raise ValueError("trained_prefix_remote needs remote (the server for the other methods)")
+        if not (math.isfinite(self.connect_timeout_s) and self.connect_timeout_s >= 0):
+            raise ValueError(f"connect_timeout_s must be a number of seconds >= 0, got {self.connect_timeout_s}")
 
 
 class ClipDelay:
@@ -104,6 +125,11 @@ class ClipDelay:
             self.clipped += 1
             told_delay = self.max_delay
         return self.policy(observation, prev_chunk_leftover, told_delay, execute_horizon)
+
+    @property
+    def last_call_timing(self):
+        """The wrapped policy's timing split (a remote policy's), for the telemetry."""
+        return getattr(self.policy, "last_call_timing", None)
 
 
 class KinetixRobot(SimulatedRobot):
@@ -195,7 +221,7 @@ def run_one(policy, env, level, step_fn, config: LiveConfig, extra_ms: float, ho
     for key in ("ticks", "missed_ticks", "starvation_ticks", "swaps", "late_chunks", "jitter_ms_p50",
                 "jitter_ms_p99", "delay_ticks_p50", "delay_ticks_p95", "delay_ticks_p99", "latency_ms_p50",
                 "compute_ms_p50", "told_delay_mean", "delay_underestimated", "seam_jump_mean", "seam_jump_p99",
-                "max_delta_action", "max_ddelta_action"):
+                "max_delta_action", "max_ddelta_action") + REMOTE_TIMING:
         row[key] = summary.get(key, math.nan)
     row["delay_clipped"] = getattr(policy, "clipped", 0)
     if config.video and len(robot.first_episode) > 1:
@@ -209,11 +235,15 @@ def run_one(policy, env, level, step_fn, config: LiveConfig, extra_ms: float, ho
     return row
 
 
+REMOTE_TIMING = ("server_compute_ms_p50", "server_compute_ms_p99", "server_queue_ms_p50", "server_queue_ms_p99",
+                 "transport_ms_p50", "transport_ms_p99")
+"""Telemetry of a remote policy: each round trip split into server compute, batch queue and transport."""
+
 COLUMNS = ("method", "extra_latency_ms", "episodes", "solved", "solve_rate", "solve_rate_low", "solve_rate_high",
            "return_mean", "length_mean", "delay_ticks_p50", "delay_ticks_p95", "delay_ticks_p99", "told_delay_mean",
            "delay_underestimated", "delay_clipped", "starvation_ticks", "late_chunks", "swaps", "seam_jump_mean",
            "seam_jump_p99", "max_delta_action", "max_ddelta_action", "jitter_ms_p50", "jitter_ms_p99",
-           "missed_ticks", "ticks", "latency_ms_p50", "compute_ms_p50", "wall_s", "video")
+           "missed_ticks", "ticks", "latency_ms_p50", "compute_ms_p50", *REMOTE_TIMING, "wall_s", "video")
 
 
 def _fmt(x: Any) -> str:
@@ -265,6 +295,54 @@ def load_live_policies(config: LiveConfig):
     return policies, sources, meta
 
 
+def connect_remote_policies(config: LiveConfig, obs_dim: int, action_dim: int):
+    """{method: (RemotePolicy, trained max delay or None)} and their sources, one connection per method,
+    each checked against the level's dimensions and the methods its server serves."""
+    from rtchunk.serving import RemotePolicy
+
+    policies, sources = {}, {}
+    try:
+        for method in config.methods:
+            flag, url = "--remote", config.remote
+            if method == "trained_prefix" and config.trained_prefix_remote is not None:
+                flag, url = "--trained-prefix-remote", config.trained_prefix_remote
+            try:
+                policy = RemotePolicy(url, api_key=config.api_key, connect_timeout_s=config.connect_timeout_s)
+            except ConnectionError as e:
+                raise ValueError(f"{flag}: {e}") from None
+            policies[method] = (policy, None)
+            meta = policy.metadata
+            if method not in meta.get("methods", ()):
+                raise ValueError(f"{flag}: {url} does not serve {method} (it serves {', '.join(meta.get('methods', ()))}); "
+                                 f"choose --methods among those"
+                                 + (" or start a server for it with --trained-prefix-remote"
+                                    if method == "trained_prefix" else ""))
+            policy.method = method
+            served_obs = meta.get("observation", {}).get("observation/state", {}).get("shape", [None])[0]
+            if (served_obs, policy.action_dim) != (obs_dim, action_dim):
+                raise ValueError(f"{flag}: {url} serves a policy with obs_dim={served_obs}, action_dim={policy.action_dim}; "
+                                 f"the level gives obs_dim={obs_dim}, action_dim={action_dim}")
+            max_delay = meta.get("max_trained_delay") if method == "trained_prefix" else None
+            policies[method] = (policy, None if max_delay is None else int(max_delay))
+            sources[method] = f"{url} ({meta.get('policy', 'policy server')})"
+    except BaseException:
+        for policy, _ in policies.values():
+            policy.close()
+        raise
+    return policies, sources
+
+
+def _level_meta(config: LiveConfig) -> dict:
+    """The data meta.json of --policy-dir's policy (where the level comes from), {} when there is none."""
+    try:
+        path = policy_store.find_checkpoint(config.policy_dir, None if config.level is None else Path(config.level).stem)
+    except ValueError:
+        return {}
+    from rtchunk.checkpoints import load_meta
+
+    return policy_store.data_meta(load_meta(path), path.parent.name)
+
+
 def run(config: LiveConfig, log: Callable[[str], None] = lambda message: None) -> list[dict]:
     """Every method at every latency; writes ``<out>/results.csv`` (a row as each run ends), ``results.md``,
     ``run.json`` and one directory per run. Everything is loaded and checked before the first write."""
@@ -274,7 +352,10 @@ def run(config: LiveConfig, log: Callable[[str], None] = lambda message: None) -
     from rtchunk.runtime import flow_policy_fn
     from rtchunk.runtime.conditions import check_condition
 
-    policies, sources, meta = load_live_policies(config)
+    if config.remote is None:
+        policies, sources, meta = load_live_policies(config)
+    else:
+        meta = _level_meta(config) if config.level is None or config.max_timesteps is None else {}
     level_spec = config.level or meta.get("level_source") or meta.get("level")
     if level_spec is None:
         raise ValueError("cannot tell which level the policy was trained on (no data meta.json): pass --level")
@@ -283,15 +364,34 @@ def run(config: LiveConfig, log: Callable[[str], None] = lambda message: None) -
     max_timesteps = config.max_timesteps or env_meta.get("max_timesteps", envs_lib.EPISODE_STEPS)
     level = levels_lib.load_level(level_spec, level_dir=config.level_dir)
     env, (arrays,) = envs_lib.make_env([level], envs_lib.EnvConfig(shrink=shrink, max_timesteps=max_timesteps))
-    some_policy = next(iter(policies.values()))[0]
-    if (some_policy.obs_dim, some_policy.action_dim) != (env.obs_dim, env.action_dim):
-        raise ValueError(f"the policy has obs_dim={some_policy.obs_dim}, action_dim={some_policy.action_dim}; "
-                         f"level {level.name} gives obs_dim={env.obs_dim}, action_dim={env.action_dim}")
-    horizon = some_policy.config.horizon
+    if config.remote is None:
+        some_policy = next(iter(policies.values()))[0]
+        if (some_policy.obs_dim, some_policy.action_dim) != (env.obs_dim, env.action_dim):
+            raise ValueError(f"the policy has obs_dim={some_policy.obs_dim}, action_dim={some_policy.action_dim}; "
+                             f"level {level.name} gives obs_dim={env.obs_dim}, action_dim={env.action_dim}")
+        horizon = some_policy.config.horizon
+        chunk_policies = {m: flow_policy_fn(flow, make_method(m, config.method_settings),
+                                            num_steps=config.num_flow_steps, seed=config.seed)
+                          for m, (flow, _) in policies.items()}
+    else:
+        policies, sources = connect_remote_policies(config, env.obs_dim, env.action_dim)
+        horizon = next(iter(policies.values()))[0].horizon
+        chunk_policies = {m: remote for m, (remote, _) in policies.items()}
     try:
-        check_condition(config.replan, horizon)
-    except ValueError as e:
-        raise ValueError(f"replan: {e}") from None
+        try:
+            check_condition(config.replan, horizon)
+        except ValueError as e:
+            raise ValueError(f"replan: {e}") from None
+        return _run_all(config, policies, chunk_policies, sources, env, arrays, level, shrink, max_timesteps,
+                        horizon, log)
+    finally:
+        for policy in chunk_policies.values():
+            if hasattr(policy, "close"):
+                policy.close()
+
+
+def _run_all(config, policies, chunk_policies, sources, env, arrays, level, shrink, max_timesteps, horizon, log):
+    """Every method at every latency, once the policies are loaded (or connected) and checked."""
 
     # Everything is checked: from here on the command writes.
     out = Path(config.out)
@@ -307,9 +407,8 @@ def run(config: LiveConfig, log: Callable[[str], None] = lambda message: None) -
         f"{config.episodes} episode(s) per run")
     rows = []
     for method in config.methods:
-        flow, max_delay = policies[method]
-        chunk_policy = flow_policy_fn(flow, make_method(method, config.method_settings),
-                                      num_steps=config.num_flow_steps, seed=config.seed)
+        _, max_delay = policies[method]
+        chunk_policy = chunk_policies[method]
         for extra_ms in config.extra_latency_ms:
             policy = ClipDelay(chunk_policy, max_delay) if max_delay is not None else chunk_policy
             name = f"{method}_plus{extra_ms:g}ms"
@@ -320,11 +419,15 @@ def run(config: LiveConfig, log: Callable[[str], None] = lambda message: None) -
             log(f"  {name}: solved {row['solved']}/{row['episodes']}, delay p50 {_fmt(row['delay_ticks_p50'])} "
                 f"ticks, starved {row['starvation_ticks']} ticks, seam jump mean {_fmt(row['seam_jump_mean'])}, "
                 f"jitter p99 {_fmt(row['jitter_ms_p99'])} ms")
+            if config.remote is not None:
+                log(f"    round trip p50: server compute {_fmt(row['server_compute_ms_p50'])} ms, batch queue "
+                    f"{_fmt(row['server_queue_ms_p50'])} ms, transport {_fmt(row['transport_ms_p50'])} ms")
             if row["delay_clipped"]:
                 log(f"    (the delay estimate exceeded the model's trained max {max_delay} on {row['delay_clipped']} "
                     f"call(s) and was clipped to it)")
             results.append_rows(csv_path, [row], COLUMNS)
             atomic_write_text(md_path, markdown_table(rows))
-    write_json(out / results.RUN_FILE, {"config": config, "level": level.name, "shrink": shrink,
+    recorded = config if config.api_key is None else dataclasses.replace(config, api_key="(not recorded)")
+    write_json(out / results.RUN_FILE, {"config": recorded, "level": level.name, "shrink": shrink,
                                         "max_timesteps": max_timesteps, "policies": sources})
     return rows
