@@ -156,6 +156,7 @@ CASES = [
     (["train-expert", "--out-dir", "{out}/experts", "--levels", "nope"], "no level 'nope'"),
     (["generate-data", "--expert-dir", "{in}/missing", "--out-dir", "{out}/data"], "has no expert checkpoints"),
     (["generate-data", "--threshold", "1.5", "--out-dir", "{out}/data"], "--threshold must be in [0, 1]"),
+    (["generate-data", "--max-experts", "0", "--out-dir", "{out}/data"], "--max-experts must be >= 1"),
     (["report", "--run", "{in}/missing"], "no results*.csv in"),
     (["report"], "missing required argument(s): --run"),
     (["live", "--out", "{out}/live", "--methods", "bid"], "--methods: unknown 'bid'"),

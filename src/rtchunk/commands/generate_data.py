@@ -22,6 +22,8 @@ class GenerateConfig:
     """Minimum solve rate of an expert checkpoint (the papers: 0.65)."""
     level_dir: Path | None = None
     """Where the level files are, if they moved since training."""
+    max_experts: int | None = None
+    """Use at most this many of the solving experts per level (default: all; the papers: 8)."""
     seed: int = 0
     progress: bool = True
     distributed: parallel.DistributedConfig = parallel.DistributedConfig()
@@ -32,6 +34,8 @@ class GenerateConfig:
                 raise ValueError(f"{flag} must be >= 1, got {value}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"--threshold must be in [0, 1], got {self.threshold}")
+        if self.max_experts is not None and self.max_experts < 1:
+            raise ValueError(f"--max-experts must be >= 1 (or left out: all), got {self.max_experts}")
 
     @property
     def output_dir(self) -> Path:
@@ -51,6 +55,7 @@ def main(config: GenerateConfig) -> int:
     out = config.output_dir
     report = record_datasets(config.expert_dir, out, steps_per_level=config.steps_per_level, num_envs=config.num_envs,
                              threshold=config.threshold, level_dir=config.level_dir, seed=config.seed,
+                             max_experts=config.max_experts,
                              progress=config.progress, log=print)
     sub = parallel.process_subdir()
     write_json(out / f"summary{'_' + sub if sub else ''}.json", report)

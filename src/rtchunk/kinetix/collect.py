@@ -106,13 +106,15 @@ def record_datasets(
     threshold: float,
     level_dir: Path | None = None,
     seed: int = 0,
+    max_experts: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
 ) -> dict[str, dict]:
     """One dataset per level of an expert run (``rtchunk generate-data``), in ``out/<level>``.
 
-    For each level, every seed's best checkpoint that reaches ``threshold`` joins a mixture of experts; a
-    level without one is reported and skipped, and so is a level whose dataset exists already (an
+    For each level, every seed's best checkpoint that reaches ``threshold`` joins a mixture of experts (the
+    first ``max_experts`` seeds of them, when given: how multimodal the data is); a level without one is
+    reported and skipped, and so is a level whose dataset exists already (an
     interrupted run picks up where it stopped). Returns a summary per level; ``log`` gets a line per level.
     """
     from rtchunk import checkpoints
@@ -120,7 +122,9 @@ def record_datasets(
     from rtchunk.kinetix import envs as envs_lib
     from rtchunk.kinetix import levels as levels_lib
 
-    selection = expert.select_experts(expert_dir, threshold)
+    if max_experts is not None and max_experts < 1:
+        raise ValueError(f"max_experts must be >= 1 or None, got {max_experts}")
+    selection = {name: chosen[:max_experts] for name, chosen in expert.select_experts(expert_dir, threshold).items()}
     info = expert.trained_levels(expert_dir)
     missing = sorted(set(selection) - set(info))
     if missing:
@@ -162,6 +166,7 @@ def record_datasets(
         )
         dataset.save(target, data, {
             "level": name, "level_source": str(sources[name]), "experts": chosen, "threshold": threshold,
+            "max_experts": max_experts,
             "env": dataclasses.replace(env_config, obs_history=1, prev_action=False, dense_reward=False),
         })
         report[name] = {"experts": len(chosen), **data.summary()}
