@@ -1,0 +1,110 @@
+"""Ablation (issue 13, item 3): does the number of experts in the data mixture make the methods separate?
+
+From one expert run (``rtchunk train-expert``), for each mixture size k: record data from the first k solving
+experts (``generate-data --max-experts k``), train the same flow policy on it (``train-policy``), measure how
+multimodal it is (``rtchunk.diagnostics``: chunk spread over observations from its data, and how much RTC's
+guidance changes its chunks), and evaluate naive / RTC / hard masking at d = 0..4 with s = max(d, 1)
+(``rtchunk eval``). Every step is a project command, so every step resumes: rerun the same command after an
+interruption. Results: ``<out>/k<k>/eval/results.csv``, ``<out>/diagnostics.csv``, ``<out>/summary.md``.
+
+    python experiments/mixture_ablation.py --expert-dir runs/experts --level-dir levels/ --out runs/mixture --mixtures 1 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+
+def rtchunk(*args: str) -> None:
+    cmd = [sys.executable, "-m", "rtchunk.cli", *args]
+    print("+ rtchunk " + " ".join(args), flush=True)
+    subprocess.run(cmd, check=True)
+
+
+def diagnostics(policy_dir: Path, data_dir: Path, level: str, n: int, seed: int, s: int, d: int) -> dict:
+    """Mean chunk spread over ``n`` observations of the data, and RTC's mean guidance change given the naive
+    chunk sampled s steps earlier in the same episode (shifted by s) as the previous chunk."""
+    import jax
+    import numpy as np
+
+    from rtchunk.diagnostics import chunk_spread, guidance_change
+    from rtchunk.kinetix import dataset, policy_store
+    from rtchunk.methods import RTC, Naive
+    from rtchunk.sampling import sample_chunk
+
+    policy, _ = policy_store.load_policy(policy_store.find_checkpoint(policy_dir, level))
+    data, _ = dataset.load(data_dir / level)
+    rng = np.random.default_rng(seed)
+    left = dataset.steps_left(data.done)
+    env, t = np.nonzero(left > s)  # observations with s more steps of the same episode after them
+    pick = rng.choice(len(env), size=min(n, len(env)), replace=False)
+    env, t = env[pick], t[pick]
+    obs_then, obs_now = data.obs[env, t], data.obs[env, t + s]
+    spread = chunk_spread(policy, obs_now, jax.random.key(seed), num_samples=8)
+    h = policy.config.horizon
+    earlier = np.asarray(sample_chunk(policy.velocity_fn(obs_then), jax.random.normal(jax.random.key(seed + 1),
+                                      (len(env), h, policy.action_dim)), Naive()))
+    prev = np.concatenate([earlier[:, s:], np.repeat(earlier[:, -1:], s, axis=1)], axis=1)  # shifted by s
+    change = guidance_change(policy, obs_now, prev, jax.random.key(seed + 2), RTC(), inference_delay=d,
+                             execute_horizon=s)
+    return {"chunk_spread": float(spread.mean()), "rtc_guidance_change": float(change.mean()),
+            "observations": len(env)}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--expert-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("runs/mixture"))
+    p.add_argument("--level", default="h17_unicycle")
+    p.add_argument("--level-dir", type=Path, default=None, help="where the expert run's level file is")
+    p.add_argument("--mixtures", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--data-steps", type=int, default=100_000)
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--eval-envs", type=int, default=1024)
+    p.add_argument("--methods", nargs="+", default=["naive", "rtc", "hard_mask"])
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    for k in args.mixtures:
+        if k < 1:
+            p.error(f"--mixtures: every mixture size must be >= 1, got {k}")
+    rows = []
+    for k in args.mixtures:
+        root = args.out / f"k{k}"
+        rtchunk("generate-data", "--preset", "cpu", "--expert-dir", str(args.expert_dir), "--out-dir", str(root / "data"),
+                "--steps-per-level", str(args.data_steps), "--max-experts", str(k), "--seed", str(args.seed))
+        rtchunk("train-policy", "--preset", "cpu", "--data-dir", str(root / "data"), "--out-dir", str(root / "policy"),
+                "--num-epochs", str(args.epochs), "--batch-size", "256", "--warmup-steps", "200",
+                "--quick-eval-envs", "0", "--model.channel-dim", "128", "--model.channel-hidden-dim", "256",
+                "--model.token-hidden-dim", "32", "--model.num-layers", "2", "--seed", str(args.seed))
+        level_args = ["--levels", args.level] + ([] if args.level_dir is None else ["--level-dir", str(args.level_dir)])
+        rtchunk("eval", *level_args, "--out", str(root / "eval"), "--methods", *args.methods,
+                "--delays", "0", "1", "2", "3", "4", "--shortest-horizon-only", "--num-envs", str(args.eval_envs),
+                "--policy-dir", str(root / "policy"), "--shrink", "--seed", str(args.seed))
+        rows.append({"experts": k, **diagnostics(root / "policy", root / "data", args.level, 512, args.seed, s=3, d=2)})
+        print(rows[-1], flush=True)
+    with open(args.out / "diagnostics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| experts | method | " + " | ".join(f"d = {d}" for d in range(5)) + " |", "|---|---|" + "---|" * 5]
+    for k in args.mixtures:
+        with open(args.out / f"k{k}" / "eval" / "results.csv") as f:
+            res = list(csv.DictReader(f))
+        for m in args.methods:
+            cells = []
+            for d in range(5):
+                r = next((r for r in res if r["method"] == m and int(r["d"]) == d), None)
+                cells.append("-" if r is None else f"{float(r['solve_rate']):.3f} [{float(r['solve_rate_low']):.3f}, "
+                                                   f"{float(r['solve_rate_high']):.3f}]")
+            lines.append(f"| {k} | {m} | " + " | ".join(cells) + " |")
+    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
