@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "train-policy": "train flow policies on expert data (optionally training-time RTC)",
     "live": "a level in wall-clock time driven by the async runtime, +injected latency",
     "serve": "serve a policy over openpi's websocket protocol, with RTC and batching",
+    "reproduce": "the papers' whole protocol over a list of levels, resumable (--preset paper|cpu|smoke)",
 }
 """Command name -> one-line description; the code is ``rtchunk.commands.<name with _ for ->``."""
 

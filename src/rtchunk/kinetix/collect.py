@@ -108,19 +108,23 @@ def record_datasets(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
+    selection: dict[str, list[dict]] | None = None,
 ) -> dict[str, dict]:
     """One dataset per level of an expert run (``rtchunk generate-data``), in ``out/<level>``.
 
     For each level, every seed's best checkpoint that reaches ``threshold`` joins a mixture of experts; a
     level without one is reported and skipped, and so is a level whose dataset exists already (an
     interrupted run picks up where it stopped). Returns a summary per level; ``log`` gets a line per level.
+    ``selection`` (``expert.select_experts``'s format) replaces the selection from ``expert_dir``: e.g. experts
+    pooled from several expert runs of the same levels and settings (``rtchunk reproduce``'s extra seeds).
     """
     from rtchunk import checkpoints
     from rtchunk.kinetix import dataset, expert
     from rtchunk.kinetix import envs as envs_lib
     from rtchunk.kinetix import levels as levels_lib
 
-    selection = expert.select_experts(expert_dir, threshold)
+    if selection is None:
+        selection = expert.select_experts(expert_dir, threshold)
     info = expert.trained_levels(expert_dir)
     missing = sorted(set(selection) - set(info))
     if missing:
