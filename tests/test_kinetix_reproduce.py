@@ -1,6 +1,7 @@
 """``rtchunk reproduce`` at toy size on a real level: every stage leaves its output, an interrupted run
 resumes without redoing finished stages, a finished run only prints its report, and a level whose seeds
-do not reach the threshold is excluded loudly (after an extra round of seeds), never silently.
+do not reach the threshold is excluded loudly, never silently; the rounds of extra seeds before that run
+against a stand-in for PPO.
 
 The runs are in-process (sharing compiled programs); the last one goes through the console script. Most of
 the time on a cold cache is compiling the physics into each stage.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from rtchunk.commands.reproduce import PRESETS
-from rtchunk.kinetix import reproduce
+from rtchunk.kinetix import reproduce, results
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = dataclasses.replace(PRESETS["smoke"], progress=False)
@@ -125,20 +127,73 @@ def test_a_finished_run_only_prints_its_report(smoke_run):
     assert _snapshot(out) == before  # nothing run, nothing written
 
 
-def test_too_few_solving_experts_exclude_the_level_loudly(tmp_path):
-    config = dataclasses.replace(SMOKE, out_dir=tmp_path, threshold=1.0)
+def test_too_few_solving_experts_exclude_the_level_loudly(smoke_run, tmp_path):
+    out, *_ = smoke_run
+    # The smoke run's finished experts, judged against threshold 1.0: read back, not trained again.
+    shutil.copytree(reproduce.level_dirs(out, LEVEL).experts(0), reproduce.level_dirs(tmp_path, LEVEL).experts(0))
+    config = dataclasses.replace(SMOKE, out_dir=tmp_path, threshold=1.0, extra_seed_rounds=0)
     log: list[str] = []
     summary = reproduce.run(config, log=log.append)
     experts = _rows(reproduce.level_dirs(tmp_path, LEVEL).experts_csv)
-    # Round 0 fell short, so a second round of new seeds was trained before giving up.
-    assert [(r["round"], r["seed"]) for r in experts] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
     solving = sum(r["reached_threshold"] == "True" for r in experts)
-    assert solving < config.min_experts
-    message = f"level {LEVEL}: only {solving} of 4 seeds reached 1.00: excluded"
+    assert len(experts) == 2 and solving < config.min_experts
+    message = f"level {LEVEL}: only {solving} of 2 seeds reached 1.00: excluded"
     assert any(message in line and "EXCLUDED" in line for line in log)
     text = summary.read_text()
     assert message in text and "No level has evaluation results." in text
-    assert not reproduce.level_dirs(tmp_path, LEVEL).data.exists()
+    assert not reproduce.level_dirs(tmp_path, LEVEL).data.exists()  # no later stage ran for it
+    assert reproduce.stage_record(tmp_path, LEVEL, "data") is None
+
+
+def _fake_trainer(rates_by_round: dict[int, list[list[float]]], trained: list[int]):
+    """Stands in for PPO: writes the run file and stats.csv an expert run of these solve rates would (per
+    seed, one rate per checkpoint), for the round whose seed offset it is given."""
+
+    def train(level_list, env_config, settings, out_dir):
+        round_index = settings.seed // 1000
+        trained.append(round_index)
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "run.json").write_text("{}")
+        rows = [{"update": u + 1, "env_steps": 100 * (u + 1), "level": LEVEL, "seed": seed, "solve_rate": rate}
+                for seed, rates in enumerate(rates_by_round[round_index]) for u, rate in enumerate(rates)]
+        results.append_rows(Path(out_dir) / "stats.csv", rows)
+
+    return train
+
+
+@pytest.mark.parametrize("min_experts, extra_rounds, rounds_trained, solving, excluded", [
+    (1, 1, [0], 1, False),  # round 0 has enough
+    (2, 1, [0, 1], 2, False),  # short after round 0: new seeds, then enough
+    (3, 1, [0, 1], 2, True),  # still short after the extra round
+    (2, 0, [0], 1, True),  # no extra round allowed
+])
+def test_extra_seed_rounds_then_exclusion(monkeypatch, tmp_path, min_experts, extra_rounds, rounds_trained, solving,
+                                          excluded):
+    from rtchunk.kinetix import expert, levels
+
+    trained: list[int] = []
+    rates = {0: [[0.7, 0.9], [0.1, 0.2]], 1: [[0.5, 0.7], [0.6, 0.5]]}
+    monkeypatch.setattr(expert, "train_on_levels", _fake_trainer(rates, trained))
+    monkeypatch.setattr(levels, "load_level", lambda path: None)
+    config = dataclasses.replace(SMOKE, out_dir=tmp_path, threshold=0.65, min_experts=min_experts,
+                                 extra_seed_rounds=extra_rounds)
+    log: list[str] = []
+    dirs = reproduce.level_dirs(tmp_path, LEVEL)
+    record = reproduce.run_experts(config, Path("unused.json"), dirs, log.append)
+    assert trained == rounds_trained
+    assert record["solving"] == solving and record["excluded"] == excluded
+    rows = _rows(dirs.experts_csv)
+    assert [(r["round"], r["seed"]) for r in rows] == [(str(r), str(s)) for r in rounds_trained for s in (0, 1)]
+    first = rows[0]  # round 0, seed 0: 0.7 at step 100, its best 0.9 at step 200
+    assert (first["best_solve_rate"], first["best_env_steps"], first["first_env_steps_at_threshold"],
+            first["final_solve_rate"], first["reached_threshold"]) == ("0.9", "200", "100", "0.9", "True")
+    assert rows[1]["first_env_steps_at_threshold"] == "" and rows[1]["reached_threshold"] == "False"
+    if excluded:
+        seeds = 2 * len(rounds_trained)
+        assert record["message"].startswith(f"level {LEVEL}: only {solving} of {seeds} seeds reached 0.65: excluded")
+        assert any("EXCLUDED: " + record["message"] in line for line in log)
+    else:
+        assert "message" not in record
 
 
 def test_a_changed_setting_is_refused_for_an_existing_run(smoke_run):

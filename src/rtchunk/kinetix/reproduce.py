@@ -329,6 +329,15 @@ def pooled_selection(config: ReproduceConfig, dirs: LevelDirs) -> list[dict]:
     return chosen
 
 
+def round_finished(run_dir: Path, settings: TrainerSettings) -> bool:
+    """Whether an expert run reached its last update (then it is read, not resumed: no physics to trace)."""
+    from rtchunk import checkpoints
+    from rtchunk.kinetix import expert
+
+    done = expert.checkpoint_dirs(run_dir)
+    return bool(done) and int(checkpoints.load_meta(done[-1])["update"]) >= settings.ppo.num_updates
+
+
 def run_experts(config: ReproduceConfig, level_file: Path, dirs: LevelDirs, log: Log) -> dict:
     """Expert rounds until ``min_experts`` seeds solve (or the rounds run out); writes experts.csv."""
     import dataclasses as dc
@@ -347,10 +356,11 @@ def run_experts(config: ReproduceConfig, level_file: Path, dirs: LevelDirs, log:
         if r > 0:
             log(f"{dirs.name}: {solving} of {len(rows)} seeds reached solve rate {config.threshold:.2f} (needs "
                 f"{config.min_experts}): training {config.experts.num_seeds} more (round {r})")
-        if level is None:
-            level = levels_lib.load_level(level_file)
         settings = dc.replace(config.experts, seed=config.seed + 1000 * r, progress=config.progress)
-        expert.train_on_levels([level], env_config, settings, dirs.experts(r))
+        if not round_finished(dirs.experts(r), settings):
+            if level is None:
+                level = levels_lib.load_level(level_file)
+            expert.train_on_levels([level], env_config, settings, dirs.experts(r))
         rows += seed_rows(dirs.experts(r), dirs.name, r, config.threshold)
     _write_csv(dirs.experts_csv, rows, EXPERT_COLUMNS)
     solving = sum(row["reached_threshold"] for row in rows)
