@@ -147,7 +147,10 @@ def _name_the_flag(message: str, flags: dict[str, str]) -> str:
     """"batch_size must be ..." -> "--batch-size must be ...": a config field's message names its flag."""
     field = re.match(r"([a-z][a-z0-9_]*) must\b", message)
     if not field or field.group(1) not in flags:
-        return message
+        # A nested config names its flags as if it stood alone ("--methods: ..." in reproduce's --eval).
+        flag = re.match(r"--([a-z][a-z0-9-]*)\b(?![.-])", message)
+        name = flag and flag.group(1).replace("-", "_")
+        return flags[name] + message[flag.end():] if name in flags else message
     return flags[field.group(1)] + message[field.end(1):]
 
 
