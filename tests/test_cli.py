@@ -165,6 +165,14 @@ CASES = [
     (["demo", "--out-dir", "{out}/demo", "--methods", "rtcc"], "--methods: unknown 'rtcc' (did you mean 'rtc'?)"),
     (["demo", "--out-dir", "{out}/demo", "--simulated-delay", "0"], "--simulated-delay must be in [1, H=8]"),
     (["sample-demo", "--inference-delay", "9"], "--inference-delay must be in [0, H - execute_horizon = 5]"),
+    (["reproduce", "--out-dir", "{out}/r", "--min-experts", "99"], "--min-experts must be in [1, 16]"),
+    (["reproduce", "--out-dir", "{out}/r", "--bc.out-dir", "x"], "--bc.out-dir is set by rtchunk reproduce"),
+    (["reproduce", "--out-dir", "{out}/r", "--eval.delays", "5"], "--eval.delays must be <= H/2 = 4"),
+    (["reproduce", "--out-dir", "{out}/r", "--eval.methods", "rtcc"], "--eval.methods: unknown 'rtcc'"),
+    (["reproduce", "--out-dir", "{out}/r", "--experts.ppo.num-envs", "0"], "--experts.ppo.num-envs must be >= 1"),
+    (["reproduce", "--out-dir", "{out}/r", "--finetune.init-epoch", "40"], "--finetune.init-epoch must be in [0, "),
+    (["reproduce", "--out-dir", "{out}/r", "--levels", "nope"], "no level 'nope'"),
+    (["reproduce", "--preset", "cpu", "--out-dir", "{out}/r", "--weak-epoch", "8"], "--weak-epoch must be in [0, "),
 ]
 
 

@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "train-policy": "train flow policies on expert data (optionally training-time RTC)",
     "live": "a level in wall-clock time driven by the async runtime, +injected latency",
     "serve": "serve a policy over openpi's websocket protocol, with RTC and batching",
+    "reproduce": "the papers' whole protocol over a list of levels, resumable (--preset paper|cpu|smoke)",
 }
 """Command name -> one-line description; the code is ``rtchunk.commands.<name with _ for ->``."""
 
@@ -146,7 +147,10 @@ def _name_the_flag(message: str, flags: dict[str, str]) -> str:
     """"batch_size must be ..." -> "--batch-size must be ...": a config field's message names its flag."""
     field = re.match(r"([a-z][a-z0-9_]*) must\b", message)
     if not field or field.group(1) not in flags:
-        return message
+        # A nested config names its flags as if it stood alone ("--methods: ..." in reproduce's --eval).
+        flag = re.match(r"--([a-z][a-z0-9-]*)\b(?![.-])", message)
+        name = flag and flag.group(1).replace("-", "_")
+        return flags[name] + message[flag.end():] if name in flags else message
     return flags[field.group(1)] + message[field.end(1):]
 
 

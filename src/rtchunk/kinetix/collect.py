@@ -109,6 +109,7 @@ def record_datasets(
     max_experts: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] = lambda message: None,
+    selection: dict[str, list[dict]] | None = None,
 ) -> dict[str, dict]:
     """One dataset per level of an expert run (``rtchunk generate-data``), in ``out/<level>``.
 
@@ -116,6 +117,8 @@ def record_datasets(
     first ``max_experts`` seeds of them, when given: how multimodal the data is); a level without one is
     reported and skipped, and so is a level whose dataset exists already (an
     interrupted run picks up where it stopped). Returns a summary per level; ``log`` gets a line per level.
+    ``selection`` (``expert.select_experts``'s format) replaces the selection from ``expert_dir``: e.g. experts
+    pooled from several expert runs of the same levels and settings (``rtchunk reproduce``'s extra seeds).
     """
     from rtchunk import checkpoints
     from rtchunk.kinetix import dataset, expert
@@ -124,7 +127,9 @@ def record_datasets(
 
     if max_experts is not None and max_experts < 1:
         raise ValueError(f"max_experts must be >= 1 or None, got {max_experts}")
-    selection = {name: chosen[:max_experts] for name, chosen in expert.select_experts(expert_dir, threshold).items()}
+    if selection is None:
+        selection = expert.select_experts(expert_dir, threshold)
+    selection = {name: chosen[:max_experts] for name, chosen in selection.items()}
     info = expert.trained_levels(expert_dir)
     missing = sorted(set(selection) - set(info))
     if missing:

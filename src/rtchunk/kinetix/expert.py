@@ -228,6 +228,20 @@ def train_experts(
     return out
 
 
+def train_on_levels(level_list, env_config, settings: TrainerSettings, out_dir: Path,
+                    log: Callable[[list[dict]], None] | None = None) -> Path:
+    """``train_experts`` on loaded levels (``rtchunk.kinetix.levels.Level``) in the environment ``env_config``
+    (the expert stack), recording in the run file what ``trained_levels`` reads back (level files, env)."""
+    from rtchunk.kinetix import envs as envs_lib
+
+    env, arrays = envs_lib.make_env(list(level_list), env_config)
+    return train_experts(
+        env, envs_lib.stack_levels(arrays), [lvl.name for lvl in level_list], settings, out_dir,
+        num_motors=level_list[0].static_env_params.num_motor_bindings, episode_steps=env_config.max_timesteps,
+        run_info={"level_specs": [lvl.source for lvl in level_list], "env": env_config}, log=log,
+    )
+
+
 def _stat_rows(stats: dict[str, np.ndarray], names, num_seeds, update_index, env_steps):
     """One row per learner from per-learner arrays (learners level-major, seed-minor)."""
     rows = []

@@ -1,0 +1,97 @@
+"""``rtchunk reproduce``: the papers' whole Kinetix protocol over a list of levels, resumable per stage and level
+(``rtchunk.kinetix.reproduce``): experts (with extra seeds for a level short of solving ones, or its loud
+exclusion) -> mixture data -> BC -> training-time-RTC fine-tune -> the sweep at d = 0..4 (s = max(d, 1)) and
+at d = 1 for every s -> multimodality and guidance diagnostics -> a report per level and pooled.
+
+Run it again after an interruption and it continues; a finished run only prints its report.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from rtchunk.commands import log
+from rtchunk.kinetix import ppo
+from rtchunk.kinetix.bc import BCConfig
+from rtchunk.kinetix.expert import TrainerSettings
+from rtchunk.kinetix.reproduce import (PAPER_METHODS, PER_LEVEL, DataSettings, DiagnosticsSettings, ReproduceConfig,
+                                       run)
+from rtchunk.kinetix.sweep import EvalConfig
+from rtchunk.methods import MethodSettings
+from rtchunk.model_config import ModelConfig
+
+CPU_MODEL = ModelConfig(channel_dim=128, channel_hidden_dim=256, token_hidden_dim=32, num_layers=2)
+"""The demo's model: 8x cheaper per channel-mixing layer than the papers' 256x4 (docs/pipeline.md)."""
+SMOKE_MODEL = ModelConfig(channel_dim=16, channel_hidden_dim=32, token_hidden_dim=8, num_layers=1, horizon=4)
+
+
+def _bc(**kwargs) -> BCConfig:
+    return BCConfig(data_dir=PER_LEVEL, out_dir=PER_LEVEL, **kwargs)
+
+
+PRESETS = {
+    # The papers' settings (GPUs): 8 seeds x 65M PPO steps, 1M transitions, the 256x4 Mixer for 32 epochs,
+    # training-time RTC for 8 epochs from epoch 24, 2048 environments per point; the 12 levels need --level-dir.
+    "paper": ReproduceConfig(),
+    # Two of the smallest levels (shrunk, both in kinetix-env; --level-dir for the papers' versions) on a
+    # 2-core CPU in well under 3 hours: docs/pipeline.md has the estimate per stage and why not four.
+    "cpu": ReproduceConfig(
+        out_dir=Path("runs/reproduce-cpu"),
+        levels=("h17_unicycle", "hard_lunar_lander"),
+        shrink=True,
+        experts=TrainerSettings(
+            num_seeds=4,
+            ppo=ppo.PPOConfig(num_envs=256, num_steps=64, num_minibatches=4, ent_coef=0.01, total_timesteps=737_280),
+            checkpoint_every=9, num_eval_envs=64),
+        min_experts=4,
+        extra_seed_rounds=1,
+        data=DataSettings(steps_per_level=100_000, num_envs=256),
+        bc=_bc(model=CPU_MODEL, batch_size=256, num_epochs=8, warmup_steps=200),
+        finetune=_bc(model=CPU_MODEL, batch_size=256, num_epochs=2, init_epoch=5, warmup_steps=0, simulated_delay=5),
+        weak_epoch=0,
+        eval=EvalConfig(methods=PAPER_METHODS, num_envs=1024,
+                        method_settings=MethodSettings(bid_samples=4, bid_top_k=2)),
+        diagnostics=DiagnosticsSettings(num_obs=512, num_samples=8),
+    ),
+    # Toy size for the tests (seconds to minutes): every stage and every method, numbers meaningless.
+    "smoke": ReproduceConfig(
+        out_dir=Path("runs/reproduce-smoke"),
+        levels=("l/h17_unicycle",),
+        shrink=True,
+        max_timesteps=48,
+        experts=TrainerSettings(
+            num_seeds=2,
+            ppo=ppo.PPOConfig(num_envs=16, num_steps=48, num_minibatches=4, ent_coef=0.01, total_timesteps=16 * 48 * 2),
+            checkpoint_every=1, num_eval_envs=0),
+        threshold=0.0,
+        min_experts=2,
+        extra_seed_rounds=1,
+        data=DataSettings(steps_per_level=16 * 48, num_envs=16),
+        bc=_bc(model=SMOKE_MODEL, batch_size=16, num_epochs=2, warmup_steps=0, max_steps_per_epoch=4),
+        finetune=_bc(model=SMOKE_MODEL, batch_size=16, num_epochs=1, init_epoch=0, warmup_steps=0,
+                     max_steps_per_epoch=4, simulated_delay=3),
+        weak_epoch=0,
+        eval=EvalConfig(methods=PAPER_METHODS, delays=(0, 2), num_envs=8, fast_compile=True,
+                        method_settings=MethodSettings(bid_samples=2, bid_top_k=1)),
+        diagnostics=DiagnosticsSettings(num_obs=16, num_samples=2),
+    ),
+}
+
+
+def command_line() -> str:
+    """This process's command line as a user would type it."""
+    args = sys.argv[1:]
+    return shlex.join(["rtchunk", *args]) if args else "rtchunk reproduce"
+
+
+def main(config: ReproduceConfig) -> int:
+    try:
+        summary = run(config, command=command_line(), log=log)
+    except KeyboardInterrupt:
+        log(f"\ninterrupted: run the same command to continue (finished stages are kept in {config.out_dir})")
+        return 130
+    print(summary.read_text())
+    print(f"report: {summary} (plots, CSVs and report.md beside it)")
+    return 0
