@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -25,7 +25,7 @@ class ServeConfig:
     """Euler steps of the flow."""
     warmup: bool = True
     """Compile the default method and naive for every batch-size bucket before listening."""
-    server: tyro.conf.OmitArgPrefixes[ServerConfig] = ServerConfig()
+    server: Annotated[ServerConfig, tyro.conf.arg(name="")] = ServerConfig()
     method_settings: MethodSettings = MethodSettings()
     """The methods' knobs (as in `rtchunk eval`): guidance weight, BID's N and K."""
 
