@@ -12,7 +12,7 @@ backend-free; the samplers and the model import JAX when they are first touched.
 
 from __future__ import annotations
 
-import importlib
+from rtchunk.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -38,13 +38,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'rtchunk' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports("rtchunk", _EXPORTS, globals())

@@ -10,7 +10,7 @@ See docs/runtime.md. This package is numpy-only: ``FlowChunkPolicy`` / ``flow_po
 ``rtchunk.policy_adapter``) load JAX and Flax only when they are first used.
 """
 
-import importlib
+from rtchunk.lazy import lazy_exports
 
 from rtchunk.runtime.clocks import MonotonicClock, SimulatedClock
 from rtchunk.runtime.conditions import Paper, Queue, ReplanCondition, SinceSwap
@@ -40,10 +40,6 @@ __all__ = [
 ]
 
 
-_LAZY = {"FlowChunkPolicy": "rtchunk.policy_adapter", "flow_policy_fn": "rtchunk.policy_adapter"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'rtchunk.runtime' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(
+    "rtchunk.runtime", {"FlowChunkPolicy": "rtchunk.policy_adapter", "flow_policy_fn": "rtchunk.policy_adapter"},
+    globals())

@@ -15,7 +15,7 @@ See docs/serving.md. Names load on first use: importing the client loads neither
 nor JAX.
 """
 
-import importlib
+from rtchunk.lazy import lazy_exports
 
 _EXPORTS = {
     "RemotePolicy": "rtchunk.serving.client",
@@ -37,13 +37,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'rtchunk.serving' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports("rtchunk.serving", _EXPORTS, globals())
