@@ -205,6 +205,8 @@ def resume_key(config: ReproduceConfig) -> dict:
     body = to_jsonable(config)
     for volatile in ("levels", "out_dir", "progress"):
         body.pop(volatile)
+    for nested in ("experts", "bc", "finetune", "eval"):  # the top-level --progress overrides theirs
+        body[nested].pop("progress")
     return body
 
 
