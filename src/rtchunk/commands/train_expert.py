@@ -10,7 +10,7 @@ from typing import Annotated
 import tyro
 
 from rtchunk.kinetix import parallel, ppo
-from rtchunk.kinetix.expert import CHECKPOINTS, TrainerSettings, train_experts
+from rtchunk.kinetix.expert import CHECKPOINTS, TrainerSettings, train_on_levels
 from rtchunk.kinetix.paper import EPISODE_STEPS, PAPER_LEVELS
 from rtchunk.kinetix.tracking import Tracker
 
@@ -67,20 +67,14 @@ def main(config: ExpertConfig) -> int:
               f"{jax.process_count()} processes)")
         return 0
     env_config = dataclasses.replace(envs_lib.EXPERT_ENV, shrink=config.shrink, max_timesteps=config.max_timesteps)
-    env, arrays = envs_lib.make_env(mine, env_config)
     out = Path(config.out_dir) / parallel.process_subdir()
-    num_motors = mine[0].static_env_params.num_motor_bindings
     total = config.trainer.ppo.num_updates * config.trainer.ppo.steps_per_update
     print(f"training {config.trainer.num_seeds} seeds x {len(mine)} level(s) ({', '.join(l.name for l in mine)}) for "
           f"{total:,} env steps each on {jax.local_device_count()} device(s); writing to {out}")
     tracker = Tracker(config.wandb_project, run_name=f"experts {out.resolve()}", config=config, step_key="env_steps",
                       group_keys=("level", "seed"), directory=out)
     try:
-        train_experts(
-            env, envs_lib.stack_levels(arrays), [lvl.name for lvl in mine], config.trainer, out,
-            num_motors=num_motors, episode_steps=env_config.max_timesteps,
-            run_info={"level_specs": [lvl.source for lvl in mine], "env": env_config}, log=tracker.log,
-        )
+        train_on_levels(mine, env_config, config.trainer, out, log=tracker.log)
     finally:
         tracker.finish()
     print(f"expert checkpoints and stats: {out / CHECKPOINTS}, {out / 'stats.csv'}")
