@@ -97,7 +97,12 @@ def plot(rates, path: Path, x_of, select, xlabel: str, title: str) -> Path | Non
     methods = _method_order({k[1] for k in rates})
     cols = min(4, len(panels))
     rows_n = math.ceil(len(panels) / cols)
-    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, 2.9 * rows_n), squeeze=False, sharey=True)
+    # The legend goes below the panels, as many entries a row as fit the figure's width (about 1.8 inches an
+    # entry), with room made for its rows: a single panel of six methods must not clip it.
+    per_row = max(1, min(len(methods), 8, int(3.6 * cols / 1.8)))
+    legend_in = 0.3 * math.ceil(len(methods) / per_row) + 0.15
+    height = 2.9 * rows_n + legend_in
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, height), squeeze=False, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, panel in zip(axes.flat, panels):
         for i, method in enumerate(methods):
@@ -119,9 +124,9 @@ def plot(rates, path: Path, x_of, select, xlabel: str, title: str) -> Path | Non
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 8), frameon=False)
+    fig.legend(handles, labels, loc="lower center", ncol=per_row, frameon=False)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    fig.tight_layout(rect=(0, legend_in / height, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
