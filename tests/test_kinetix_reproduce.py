@@ -217,3 +217,17 @@ def test_bad_settings_are_refused_naming_the_flag(change, message):
     with pytest.raises(ValueError) as info:
         dataclasses.replace(SMOKE, **change)
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_experts_of_every_level_run_first_then_one_level_at_a_time(tmp_path):
+    from rtchunk.files import write_json
+
+    config = dataclasses.replace(SMOKE, out_dir=tmp_path, levels=("h17_unicycle", "l/grasp_easy"))
+    checked = reproduce.plan(config)
+    a, b = checked.names
+    assert checked.todo() == [("experts", a), ("experts", b)] + [(s, a) for s in reproduce.LEVEL_STAGES] + [
+        (s, b) for s in reproduce.LEVEL_STAGES]
+    for stage in ("experts", "data", "policy"):  # finished stages drop out; the order stays
+        write_json(reproduce.level_dirs(tmp_path, a).done(stage), {"summary": {}})
+    write_json(reproduce.level_dirs(tmp_path, b).done("experts"), {"summary": {}})
+    assert checked.todo() == [(s, a) for s in reproduce.LEVEL_STAGES[2:]] + [(s, b) for s in reproduce.LEVEL_STAGES]

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from rtchunk.files import read_json, write_json
+from rtchunk.files import atomic_write_text, read_json, write_json
 
 RUN_FILE = "run.json"
 """The settings of a run that a resumed run must share (eval, train-expert, train-policy)."""
@@ -82,6 +82,16 @@ def append_rows(path: Path, rows: Iterable[dict], columns: Sequence[str] | None 
         f.write(buf.getvalue().encode())
         f.flush()
         os.fsync(f.fileno())
+
+
+def write_rows(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
+    """Write a whole CSV at once (header ``columns``, missing values empty, extra ones dropped), atomically:
+    a crash leaves the previous file or the new one, never half of it."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(Path(path), buf.getvalue())
 
 
 def format_value(value):
