@@ -29,7 +29,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
-from rtchunk.commands.demo import DEMO_MODEL  # noqa: E402
+from rtchunk.commands.reproduce import CPU_MODEL as DEMO_MODEL  # noqa: E402
 from rtchunk.kinetix import envs, levels, parallel, ppo  # noqa: E402
 from rtchunk.model import FlowPolicy, ModelConfig, TrainingDelays, flow_matching_loss  # noqa: E402
 

@@ -176,7 +176,7 @@ def concurrency(config: BenchConfig) -> list[dict]:
     import flax.nnx as nnx
 
     from rtchunk.checkpoints import save_policy
-    from rtchunk.commands.demo import DEMO_MODEL
+    from rtchunk.commands.reproduce import CPU_MODEL as DEMO_MODEL
     from rtchunk.model import FlowPolicy
 
     modes = (("batched", max(config.clients)), ("one at a time", 1))
@@ -218,7 +218,7 @@ def sampling_cost(config: BenchConfig) -> list[dict]:
     """The JAX backend's RTC call in this process, per bucket: what batching can save in compute alone."""
     import flax.nnx as nnx
 
-    from rtchunk.commands.demo import DEMO_MODEL
+    from rtchunk.commands.reproduce import CPU_MODEL as DEMO_MODEL
     from rtchunk.model import FlowPolicy
     from rtchunk.serving.backends import SampleBatch
     from rtchunk.serving.jax_backend import JaxBackend

@@ -11,6 +11,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax  # noqa: E402
+import pytest  # noqa: E402
 
 _CACHE = Path(os.environ.get("RTCHUNK_JAX_CACHE", Path(__file__).resolve().parents[1] / ".jax_cache"))
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
@@ -22,3 +23,12 @@ def pytest_sessionfinish(session, exitstatus):
     # "No tests collected" (exit code 5) is not a failure for this project's CI.
     if exitstatus == 5:
         session.exitstatus = 0
+
+
+@pytest.fixture(scope="session")
+def reproduce_smoke_run(tmp_path_factory):
+    """`rtchunk reproduce --preset smoke`, interrupted after its data stage and resumed (tests/reproduce_run.py);
+    the reproduction's and the demo's tests check it."""
+    from reproduce_run import interrupted_then_resumed
+
+    return interrupted_then_resumed(tmp_path_factory.mktemp("reproduce"))

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -162,8 +161,10 @@ CASES = [
     (["live", "--out", "{out}/live", "--methods", "bid"], "--methods: unknown 'bid'"),
     (["live", "--out", "{out}/live", "--control-hz", "0"], "--control-hz must be in (0, 1000]"),
     (["live", "--out", "{out}/live", "--policy-dir", "{in}/missing"], "no trained policy at"),
-    (["demo", "--out-dir", "{out}/demo", "--methods", "rtcc"], "--methods: unknown 'rtcc' (did you mean 'rtc'?)"),
-    (["demo", "--out-dir", "{out}/demo", "--simulated-delay", "0"], "--simulated-delay must be in [1, H=8]"),
+    (["demo", "--out-dir", "{out}/demo", "--eval.methods", "rtcc"], "--eval.methods: unknown 'rtcc' (did you mean 'rtc'?)"),
+    (["demo", "--out-dir", "{out}/demo", "--finetune.simulated-delay", "0"],
+     "--finetune.simulated-delay must be in [1, horizon=8]"),
+    (["demo", "--out-dir", "{out}/demo", "--min-experts", "9"], "--min-experts must be in [1, 6]"),
     (["sample-demo", "--inference-delay", "9"], "--inference-delay must be in [0, H - execute_horizon = 5]"),
     (["reproduce", "--out-dir", "{out}/r", "--min-experts", "99"], "--min-experts must be in [1, 16]"),
     (["reproduce", "--out-dir", "{out}/r", "--bc.out-dir", "x"], "--bc.out-dir is set by rtchunk reproduce"),
@@ -184,28 +185,42 @@ def _run(args: list[str], env: dict | None = None) -> subprocess.CompletedProces
 
 @pytest.fixture(scope="module")
 def outcomes(inputs, tmp_path_factory):
-    """Every case run once (three processes at a time): {case index: (completed process, out dir)}."""
+    """Every case run once, all in one process through the console script's entry point (tests/cli_driver.py,
+    which captures file descriptors 1 and 2): {case index: (result, out dir)}. Two processes split the cases."""
     jobs = []
     for i, (args, _) in enumerate(CASES):
         out = tmp_path_factory.mktemp(f"case{i}")
         jobs.append(([a.format(**{"in": inputs, "out": out}) for a in args], out))
     before = _files(inputs)
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        done = list(pool.map(lambda job: _run(job[0]), jobs))
+    work = tmp_path_factory.mktemp("driver")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "JAX_PLATFORMS": "cpu"}
+    halves = [list(range(len(jobs)))[k::2] for k in range(2)]
+    procs = []
+    for k, half in enumerate(halves):
+        (work / f"cases{k}.json").write_text(json.dumps([jobs[i][0] for i in half]))
+        procs.append(subprocess.Popen([sys.executable, str(REPO / "tests" / "cli_driver.py"), str(work / f"cases{k}.json"),
+                                       str(work / f"results{k}.json")], env=env, stderr=subprocess.PIPE, text=True))
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
     assert _files(inputs) == before, "a rejected command changed one of its inputs"
-    return {i: (proc, out) for i, (proc, (_, out)) in enumerate(zip(done, jobs))}
+    done = {}
+    for k, half in enumerate(halves):
+        for i, result in zip(half, json.loads((work / f"results{k}.json").read_text())):
+            done[i] = (result, jobs[i][1])
+    return done
 
 
 @pytest.mark.parametrize("case", range(len(CASES)), ids=[" ".join(a[:1] + a[5:] if a[0] == "eval" else a)[:60]
                                                          for a, _ in CASES])
 def test_a_bad_input_is_one_line_on_stderr_and_writes_nothing(outcomes, case):
-    proc, out = outcomes[case]
+    result, out = outcomes[case]
     args, expected = CASES[case]
     command = args[0]
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr[-2000:]
+    assert result["returncode"] == 2, result["stderr"][-2000:]
+    assert "Traceback" not in result["stderr"]
+    lines = result["stderr"].splitlines()
+    assert len(lines) == 1, result["stderr"][-2000:]
     assert lines[0].startswith(f"rtchunk {command}: error: ") and expected in lines[0], lines[0]
     assert list(out.iterdir()) == [], "a rejected command wrote something"
 

@@ -22,17 +22,10 @@ import pytest
 from rtchunk.commands.reproduce import PRESETS
 from rtchunk.kinetix import reproduce, results
 
+from reproduce_run import LEVEL, snapshot as _snapshot
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = dataclasses.replace(PRESETS["smoke"], progress=False)
-LEVEL = "h17_unicycle"
-
-
-class Interrupt(KeyboardInterrupt):
-    pass
-
-
-def _snapshot(root: Path) -> dict[Path, tuple[int, int]]:
-    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _rows(path: Path) -> list[dict]:
@@ -40,26 +33,9 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reproduce")
-    config = dataclasses.replace(SMOKE, out_dir=out)
-
-    def stop_after_data(stage, level):
-        if stage == "data":
-            raise Interrupt
-
-    first_log: list[str] = []
-    with pytest.raises(KeyboardInterrupt):
-        reproduce.run(config, command="rtchunk reproduce --preset smoke", log=first_log.append,
-                      after_stage=stop_after_data)
-    finished_stages = {s for s in reproduce.STAGES if reproduce.stage_record(out, LEVEL, s)}
-    dirs = reproduce.level_dirs(out, LEVEL)
-    before = {**_snapshot(dirs.experts(0)), **_snapshot(dirs.data)}
-    second_log: list[str] = []
-    summary = reproduce.run(config, command="rtchunk reproduce --preset smoke", log=second_log.append)
-    after = {**_snapshot(dirs.experts(0)), **_snapshot(dirs.data)}
-    return out, summary, finished_stages, before, after, first_log, second_log
+@pytest.fixture
+def smoke_run(reproduce_smoke_run):
+    return reproduce_smoke_run
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_stages(smoke_run):
@@ -95,6 +71,9 @@ def test_every_stage_leaves_its_output(smoke_run):
     bid = [r for r in rows if r["method"] == "bid"]
     assert all(r["num_envs"] == "8" for r in rows) and bid
     assert {r["policy"] for r in rows if r["method"] == "trained_prefix"} == {str(dirs.policy_rtc / LEVEL / "epoch_000")}
+    # Only the rows asked for get a video (naive at d = 2), from the evaluation's own rollout.
+    videos = sorted((dirs.eval / "videos").glob("*.mp4"))
+    assert [v.name for v in videos] == [f"{LEVEL}__naive__2__2__fixed.mp4"] and videos[0].stat().st_size > 0
 
     diag = _rows(dirs.diagnostics)
     spreads = {r["policy"]: float(r["mean"]) for r in diag if r["metric"] == "chunk_spread"}

@@ -3,7 +3,7 @@
 Each command is a module of ``rtchunk.commands`` named after it (``train-policy`` -> ``train_policy.py``),
 imported only when run, whose ``main`` takes one frozen config dataclass: tyro turns it into the command
 line (``--field``, ``--nested.field``). Where the module has ``PRESETS``, ``--preset NAME`` picks the
-defaults that the other flags then override.
+defaults that the other flags then override (``DEFAULT_PRESET``, where there is one, without ``--preset``).
 
 A rejected input (any ``ValueError``: a bad value, a missing or corrupt checkpoint, dataset or level)
 ends as one line on stderr, ``rtchunk <command>: error: <message>``, and exit code 2; ``--debug`` (or
@@ -25,7 +25,7 @@ from pathlib import Path
 from rtchunk.choices import unknown_choice
 
 COMMANDS: dict[str, str] = {
-    "demo": "the whole pipeline on one level, sized for a laptop CPU (about 13 min)",
+    "demo": "rtchunk reproduce on one level, sized for a 2-core laptop CPU (under 15 min)",
     "sample-demo": "sample chunks with every method from a random policy (no training)",
     "levels": "list, describe and shrink Kinetix levels",
     "eval": "simulated-delay sweep: levels x methods x delays x execute horizons -> CSV",
@@ -228,6 +228,7 @@ def run_command(name: str, args: list[str]) -> int:
     else:
         if presets:
             description += f" (presets: {', '.join(presets)}; --preset NAME sets the defaults)"
+        preset = preset if preset is not None else getattr(module, "DEFAULT_PRESET", None)
         kwargs = {"default": presets[preset]} if preset is not None else {}
         config = _tyro_cli(config_type, args=args, prog=prog, description=description, **kwargs)
         result = func(config)

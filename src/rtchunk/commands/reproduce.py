@@ -74,7 +74,8 @@ PRESETS = {
                      max_steps_per_epoch=4, simulated_delay=3),
         weak_epoch=0,
         eval=EvalConfig(methods=PAPER_METHODS, delays=(0, 2), num_envs=8, fast_compile=True,
-                        method_settings=MethodSettings(bid_samples=2, bid_top_k=1)),
+                        method_settings=MethodSettings(bid_samples=2, bid_top_k=1), video_envs=2,
+                        video_rows=("naive:2",)),
         diagnostics=DiagnosticsSettings(num_obs=16, num_samples=2),
     ),
 }
