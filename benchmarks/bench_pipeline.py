@@ -130,16 +130,14 @@ def main():
             print(f"  {name:<28} {sps:>9,.0f} samples/s  ({base / sps:.2f}x slower than split)" if name != "split input projection"
                   else f"  {name:<28} {sps:>9,.0f} samples/s")
 
-    summary = args.demo_dir / "summary.json"
-    if summary.is_file():
-        data = json.loads(summary.read_text())
-        timings = data.get("timings_s", {})
-        print(f"\nDemo wall time per stage ({summary}):")
-        for name, seconds in timings.items():
-            print(f"  {name:<12} {seconds:>7.0f} s")
+    records = sorted((args.demo_dir / "levels").glob("*/done/*.json"), key=lambda p: p.stat().st_mtime)
+    if records:
+        print(f"\nDemo wall time per stage ({args.demo_dir}/levels/<level>/done/):")
+        for path in records:
+            data = json.loads(path.read_text())
+            print(f"  {data['level']:<16} {data['stage']:<12} {data['seconds']:>7.0f} s")
     else:
         print(f"\n(no finished demo at {args.demo_dir}: run `rtchunk demo` for its stage times)")
-
 
 if __name__ == "__main__":
     main()

@@ -26,33 +26,22 @@ def rtchunk(*args: str) -> None:
 
 
 def diagnostics(policy_dir: Path, data_dir: Path, level: str, n: int, seed: int, s: int, d: int) -> dict:
-    """Mean chunk spread over ``n`` observations of the data, and RTC's mean guidance change given the naive
-    chunk sampled s steps earlier in the same episode (shifted by s) as the previous chunk."""
+    """Mean chunk spread over ``n`` observations of the data, and RTC's mean guidance change at (d, s)
+    (``rtchunk reproduce``'s diagnostics stage, ``kinetix.reproduce.diagnose``)."""
     import jax
     import numpy as np
 
-    from rtchunk.diagnostics import chunk_spread, guidance_change
     from rtchunk.kinetix import dataset, policy_store
-    from rtchunk.methods import RTC, Naive
-    from rtchunk.sampling import sample_chunk
+    from rtchunk.kinetix.reproduce.diagnose import measure_policy, observation_pairs
+    from rtchunk.methods import RTC
 
     policy, _ = policy_store.load_policy(policy_store.find_checkpoint(policy_dir, level))
     data, _ = dataset.load(data_dir / level)
-    rng = np.random.default_rng(seed)
-    left = dataset.steps_left(data.done)
-    env, t = np.nonzero(left > s)  # observations with s more steps of the same episode after them
-    pick = rng.choice(len(env), size=min(n, len(env)), replace=False)
-    env, t = env[pick], t[pick]
-    obs_then, obs_now = data.obs[env, t], data.obs[env, t + s]
-    spread = chunk_spread(policy, obs_now, jax.random.key(seed), num_samples=8)
-    h = policy.config.horizon
-    earlier = np.asarray(sample_chunk(policy.velocity_fn(obs_then), jax.random.normal(jax.random.key(seed + 1),
-                                      (len(env), h, policy.action_dim)), Naive()))
-    prev = np.concatenate([earlier[:, s:], np.repeat(earlier[:, -1:], s, axis=1)], axis=1)  # shifted by s
-    change = guidance_change(policy, obs_now, prev, jax.random.key(seed + 2), RTC(), inference_delay=d,
-                             execute_horizon=s)
-    return {"chunk_spread": float(spread.mean()), "rtc_guidance_change": float(change.mean()),
-            "observations": len(env)}
+    env, t = observation_pairs(data.done, n, s, np.random.default_rng(seed))
+    figures = {(metric, dd): np.asarray(values).mean() for metric, _, dd, _, values in measure_policy(
+        policy, data.obs, env, t, [(d, s)], [("rtc", RTC())], jax.random.key(seed), num_samples=8, num_steps=5)}
+    return {"chunk_spread": float(figures[("chunk_spread", "")]),
+            "rtc_guidance_change": float(figures[("guidance_change", d)]), "observations": n}
 
 
 def main() -> int:

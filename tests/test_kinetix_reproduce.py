@@ -210,3 +210,19 @@ def test_experts_of_every_level_run_first_then_one_level_at_a_time(tmp_path):
         write_json(reproduce.level_dirs(tmp_path, a).done(stage), {"summary": {}})
     write_json(reproduce.level_dirs(tmp_path, b).done("experts"), {"summary": {}})
     assert checked.todo() == [(s, a) for s in reproduce.LEVEL_STAGES[2:]] + [(s, b) for s in reproduce.LEVEL_STAGES]
+
+
+def test_diagnostic_observations_have_their_earlier_observation_in_the_same_episode():
+    import numpy as np
+
+    from rtchunk.kinetix.reproduce.diagnose import observation_pairs
+
+    done = np.zeros((3, 10), bool)
+    done[0, 4] = True  # env 0: episodes 0..4 and 5..9
+    done[1, [1, 3, 5, 7, 9]] = True  # env 1: no episode longer than 2 steps
+    env, t = observation_pairs(done, 200, 3, np.random.default_rng(0))
+    assert set(env) == {0, 2} and t.min() >= 3
+    # env 0: step t and t - 3 in one episode: t in 3..4 (episode 0) or 8..9 (episode 1)
+    assert set(t[env == 0]) == {3, 4, 8, 9} and set(t[env == 2]) == set(range(3, 10))
+    with pytest.raises(ValueError, match="no episode longer than 3 steps"):
+        observation_pairs(done[1:2], 5, 3, np.random.default_rng(0))

@@ -41,9 +41,9 @@ LIVE_METHODS = ("naive", "rtc", "trained_prefix")
 
 @dataclasses.dataclass(frozen=True)
 class LiveConfig:
-    policy_dir: Path = Path("runs/demo/policy")
+    policy_dir: Path = Path("runs/demo/levels/h17_unicycle/policy")
     """A `rtchunk train-policy` run or checkpoint, used for naive and RTC (the demo writes one here)."""
-    trained_prefix_policy_dir: Path = Path("runs/demo/policy_rtc")
+    trained_prefix_policy_dir: Path = Path("runs/demo/levels/h17_unicycle/policy_rtc")
     """A model trained with --simulated-delay, used for trained_prefix (the demo's fine-tune)."""
     level: str | None = None
     """Level name or path; default: the level the policy's data came from."""

@@ -2,7 +2,7 @@
 
 Server (a GPU machine)::
 
-    rtchunk serve --policy-dir runs/demo/policy --method rtc --port 8000
+    rtchunk serve --policy-dir runs/demo/levels/h17_unicycle/policy --method rtc --port 8000
 
 Robot (numpy, msgpack and websockets only)::
 

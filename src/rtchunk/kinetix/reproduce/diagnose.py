@@ -18,7 +18,7 @@ def diagnostic_points(config: ReproduceConfig) -> list[tuple[int, int]]:
     return [(d, max(d, 1)) for d in config.eval.delays]
 
 
-def _observation_pairs(done, num: int, back: int, rng):
+def observation_pairs(done, num: int, back: int, rng):
     """``num`` (env, t) pairs with t >= back and no episode end among steps t - back .. t - 1 (so the
     observation ``back`` steps earlier belongs to the same episode)."""
     import numpy as np
@@ -34,52 +34,59 @@ def _observation_pairs(done, num: int, back: int, rng):
     return env_idx[pick], steps[step_idx[pick]]
 
 
+def measure_policy(policy, data_obs, env_idx, step_idx, points, methods, key, *, num_samples: int,
+                   num_steps: int) -> list[tuple]:
+    """A policy's figures on the observations ``data_obs[env_idx, step_idx]`` ([E, T, O] data): its chunk
+    spread, and for every (d, s) in ``points`` and (name, method) in ``methods`` the guidance change, given the
+    naive chunk sampled s steps earlier in the same episode, shifted by s, as the previous chunk (its entries
+    past the end hold its last action, as the controller would). Rows of (metric, method, d, s, values)."""
+    import jax
+    import numpy as np
+
+    from rtchunk import diagnostics
+
+    obs = data_obs[env_idx, step_idx]
+    k_spread, k_prev, k_change = jax.random.split(key, 3)
+    spread = diagnostics.chunk_spread(policy, obs, k_spread, num_samples=num_samples, num_steps=num_steps)
+    out = [("chunk_spread", "", "", "", spread)]
+    for d, s in points:
+        chunk = naive_chunks(policy, data_obs[env_idx, step_idx - s], jax.random.fold_in(k_prev, s), num_steps)
+        prev = np.concatenate([chunk[:, s:], np.repeat(chunk[:, -1:], s, axis=1)], axis=1)
+        for name, method in methods:
+            change = diagnostics.guidance_change(policy, obs, prev, jax.random.fold_in(k_change, d), method,
+                                                 inference_delay=d, execute_horizon=s, num_steps=num_steps)
+            out.append(("guidance_change", name, d, s, change))
+    return out
+
+
 def run_diagnostics(config: ReproduceConfig, dirs: LevelDirs, weak: Path) -> dict:
     """Chunk spread and guidance change per policy, on observations from the level's data."""
     import jax
     import numpy as np
 
-    from rtchunk import diagnostics
     from rtchunk.kinetix import dataset, policy_store
     from rtchunk.methods import make_method
 
     data, _ = dataset.load(dirs.data / dirs.name)
     points = diagnostic_points(config)
-    back = max(s for _, s in points)
-    env_idx, step_idx = _observation_pairs(data.done, config.diagnostics.num_obs, back,
-                                           np.random.default_rng(config.seed))
-    obs = data.obs[env_idx, step_idx]
-    num_steps = config.eval.num_flow_steps
+    env_idx, step_idx = observation_pairs(data.done, config.diagnostics.num_obs, max(s for _, s in points),
+                                          np.random.default_rng(config.seed))
     policies = {"bc": policy_store.find_checkpoint(dirs.policy, dirs.name), "weak": weak,
                 "finetuned_rtc": policy_store.find_checkpoint(dirs.policy_rtc, dirs.name)}
     rtc = make_method("rtc", config.eval.method_settings)
     key = jax.random.key(config.seed)
     rows = []
-
-    def row(policy_name, path, metric, values, method="", d="", s=""):
-        values = np.asarray(values)
-        rows.append({"level": dirs.name, "policy": policy_name, "checkpoint": str(path), "metric": metric,
-                     "method": method, "d": d, "s": s, "mean": float(values.mean()), "std": float(values.std()),
-                     "num_obs": int(values.size)})
-
     for i, (policy_name, path) in enumerate(policies.items()):
         policy, _ = policy_store.load_policy(path)
-        k_spread, k_prev, k_change = jax.random.split(jax.random.fold_in(key, i), 3)
-        spread = diagnostics.chunk_spread(policy, obs, k_spread, num_samples=config.diagnostics.num_samples,
-                                          num_steps=num_steps)
-        row(policy_name, path, "chunk_spread", spread)
         methods = [("rtc", rtc)] + ([("trained_prefix", make_method("trained_prefix"))]
                                     if policy_name == "finetuned_rtc" else [])
-        for d, s in points:
-            # The previous chunk: the naive chunk sampled s steps earlier in the same episode, shifted by s (its
-            # entries past the end hold its last action, as the controller would).
-            earlier = data.obs[env_idx, step_idx - s]
-            chunk = naive_chunks(policy, earlier, jax.random.fold_in(k_prev, s), num_steps)
-            prev = np.concatenate([chunk[:, s:], np.repeat(chunk[:, -1:], s, axis=1)], axis=1)
-            for method_name, method in methods:
-                change = diagnostics.guidance_change(policy, obs, prev, jax.random.fold_in(k_change, d), method,
-                                                     inference_delay=d, execute_horizon=s, num_steps=num_steps)
-                row(policy_name, path, "guidance_change", change, method_name, d, s)
+        for metric, method, d, s, values in measure_policy(
+                policy, data.obs, env_idx, step_idx, points, methods, jax.random.fold_in(key, i),
+                num_samples=config.diagnostics.num_samples, num_steps=config.eval.num_flow_steps):
+            values = np.asarray(values)
+            rows.append({"level": dirs.name, "policy": policy_name, "checkpoint": str(path), "metric": metric,
+                         "method": method, "d": d, "s": s, "mean": float(values.mean()), "std": float(values.std()),
+                         "num_obs": int(values.size)})
     results.write_rows(dirs.diagnostics, rows, DIAGNOSTIC_COLUMNS)
     return {"rows": len(rows), "spread": {r["policy"]: r["mean"] for r in rows if r["metric"] == "chunk_spread"}}
 
