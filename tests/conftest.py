@@ -28,19 +28,8 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def reproduce_smoke_run(tmp_path_factory):
     """`rtchunk reproduce --preset smoke`, interrupted after its data stage and resumed (tests/reproduce_run.py);
-    the reproduction's and the demo's tests check it."""
+    tests/test_kinetix_reproduce.py checks it, and runs `rtchunk demo` on it."""
     from reproduce_run import interrupted_then_resumed
 
     return interrupted_then_resumed(tmp_path_factory.mktemp("reproduce"))
 
-
-# Under pytest-xdist (`-n 2 --dist loadgroup`), every module runs on one worker (its module-scoped fixtures are
-# built once), and the modules that share a session fixture run on the same one.
-_SHARED_GROUPS = {"test_demo": "reproduce_smoke_run", "test_kinetix_reproduce": "reproduce_smoke_run"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(module, module)))

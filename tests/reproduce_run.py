@@ -1,5 +1,5 @@
-"""The toy-size reproduction run that tests/test_kinetix_reproduce.py and tests/test_demo.py both check (one run
-for the session: ``reproduce_smoke_run`` in conftest.py): interrupted after the data stage, then resumed."""
+"""The toy-size reproduction run that tests/test_kinetix_reproduce.py checks (``reproduce_smoke_run`` in
+conftest.py, one run for the session): interrupted after the data stage, then resumed."""
 
 from __future__ import annotations
 

@@ -226,3 +226,17 @@ def test_diagnostic_observations_have_their_earlier_observation_in_the_same_epis
     assert set(t[env == 0]) == {3, 4, 8, 9} and set(t[env == 2]) == set(range(3, 10))
     with pytest.raises(ValueError, match="no episode longer than 3 steps"):
         observation_pairs(done[1:2], 5, 3, np.random.default_rng(0))
+
+
+def test_the_demo_command_prints_a_finished_runs_report_and_videos(smoke_run, tmp_path):
+    out = tmp_path / "demo"
+    shutil.copytree(smoke_run[0], out)
+    before = _snapshot(out)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "rtchunk.cli", "demo", "--preset", "smoke", "--no-progress",
+                           "--out-dir", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## Solve rate, s = max(d, 1)" in proc.stdout
+    video = reproduce.level_dirs(out, LEVEL).eval / "videos" / f"{LEVEL}__naive__2__2__fixed.mp4"
+    assert f"video: {video}" in proc.stdout
+    assert _snapshot(out) == before  # finished: nothing run, nothing written
