@@ -14,8 +14,6 @@ import dataclasses
 from pathlib import Path
 
 from rtchunk.commands import reproduce
-from rtchunk.kinetix import ppo
-from rtchunk.kinetix.expert import TrainerSettings
 from rtchunk.kinetix.reproduce import DataSettings, DiagnosticsSettings, ReproduceConfig
 from rtchunk.kinetix.sweep import EvalConfig
 
@@ -31,10 +29,9 @@ PRESETS = {
         # Two seeds, both must solve; a failing seed costs a second round of two new seeds (about 5 more
         # minutes) rather than a mixture of one. (An even number of seeds: the learners split over both
         # devices; three would run on one.)
-        experts=TrainerSettings(
-            num_seeds=2,
-            ppo=ppo.PPOConfig(num_envs=256, num_steps=64, num_minibatches=4, ent_coef=0.01, total_timesteps=524_288),
-            checkpoint_every=4, num_eval_envs=64),
+        experts=dataclasses.replace(
+            reproduce.PRESETS["cpu"].experts, num_seeds=2, checkpoint_every=4,
+            ppo=dataclasses.replace(reproduce.PRESETS["cpu"].experts.ppo, total_timesteps=524_288)),
         min_experts=2,
         extra_seed_rounds=1,
         data=DataSettings(steps_per_level=100_000, num_envs=256),
