@@ -32,8 +32,11 @@ def make_collector(env, num_motors: int, policy_obs: Callable, segment: int):
     def step(carry, _):
         obs, state, index, rng, experts, level = carry
         rng, k_env, k_pick = jax.random.split(rng, 3)
-        params = jax.tree.map(lambda p: p[index], experts)
-        action = jax.vmap(lambda p, o: ppo.squash(ppo.policy_mean(p, o), num_motors))(params, obs)
+        # Every expert acts on the whole batch and each environment keeps its own expert's action: K batched
+        # matrix products, where gathering one weight copy per environment moved [E, obs, hidden] every step.
+        means = jax.vmap(ppo.policy_mean, in_axes=(0, None))(experts, obs)  # [K, E, A]
+        mean = jnp.take_along_axis(means, index[None, :, None], axis=0)[0]
+        action = ppo.squash(mean, num_motors)
         seen = jax.vmap(policy_obs)(obs, state)
         next_obs, state, _, done, info = env.step_batch(k_env, state, action, level)
         num_experts = jax.tree.leaves(experts)[0].shape[0]
