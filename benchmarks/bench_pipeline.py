@@ -2,7 +2,8 @@
 
 1. PPO environment steps/s (rollout + PPO epochs, the expert stage) on shrunk h17_unicycle with the
    paper's expert environment stack, one learner of 256 environments x 64 steps, on 1 device and as
-   2 learners sharded over 2 devices (how `rtchunk train-expert` runs seeds on a CPU).
+   2 learners sharded over 2 devices (how `rtchunk train-expert` runs seeds on a CPU); the experts
+   observing the full layout (the papers') and the compacted level (``--experts.compact-obs``).
 2. Behaviour-cloning samples/s (flow-matching value-and-grad + AdamW, batch 512, the paper's model and
    the demo's), with the split input projection (the observation projected once per sample) vs the
    paper's concatenate-then-project, and with training-time RTC's prefix conditioning.
@@ -19,6 +20,7 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,19 +50,19 @@ def _timed(fn, *args, rounds: int) -> float:
 
 def bench_ppo(updates: int) -> dict[str, float]:
     level = levels.load_level("l/h17_unicycle")
-    env, (arrays,) = envs.make_env([level], envs.EnvConfig(obs_history=4, prev_action=True, dense_reward=True,
-                                                           shrink=True))
     config = ppo.PPOConfig(num_envs=256, num_steps=64, num_minibatches=4, total_timesteps=256 * 64 * updates)
-    update = jax.vmap(ppo.make_update(env, config, env.num_motors))
     out = {}
-    for learners in (1, 2):
+    for compact, learners in ((False, 1), (False, 2), (True, 1), (True, 2)):
+        env, (arrays,) = envs.make_env([level], dataclasses.replace(envs.EXPERT_ENV, shrink=True, compact_obs=compact))
+        update = jax.vmap(ppo.make_update(env, config, env.num_motors))
         placement = parallel.level_sharding(learners)
         lv = jax.device_put(jax.tree.map(lambda x: np.stack([np.asarray(x)] * learners), arrays), placement)
         keys = jax.random.split(jax.random.key(0), learners)
         runner = jax.device_put(jax.jit(jax.vmap(lambda k, l: ppo.init_runner(k, env, l, config)))(keys, lv), placement)
         many = jax.jit(lambda r, l: jax.lax.scan(lambda c, _: update(c, l), r, None, length=updates)[0])
         seconds = _timed(many, runner, lv, rounds=1)
-        out[f"{learners} learner(s) on {min(learners, jax.device_count())} device(s)"] = \
+        observed = f"compact observation ({env.obs_dim} inputs)" if compact else f"full layout ({env.obs_dim} inputs)"
+        out[f"{observed}, {learners} learner(s) on {min(learners, jax.device_count())} device(s)"] = \
             learners * updates * config.steps_per_update / seconds
     return out
 
@@ -117,9 +119,12 @@ def main():
     print("\nPPO environment steps/s (rollout + 4 epochs x 4 minibatches), shrunk h17_unicycle, 256 envs x 64 steps:")
     rates = bench_ppo(args.ppo_updates)
     for name, sps in rates.items():
-        print(f"  {name:<32} {sps:>10,.0f} steps/s")
-    one, two = rates.values()
-    print(f"  2 learners on 2 devices vs 1: {two / one:.2f}x the throughput")
+        print(f"  {name:<60} {sps:>10,.0f} steps/s")
+    full_one, full_two, compact_one, compact_two = rates.values()
+    print(f"  2 learners on 2 devices vs 1: {full_two / full_one:.2f}x the throughput (full layout), "
+          f"{compact_two / compact_one:.2f}x (compact)")
+    print(f"  compact observation vs full layout: {compact_one / full_one:.2f}x (1 learner), "
+          f"{compact_two / full_two:.2f}x (2 learners)")
 
     for label, model in (("paper model 256/512/64 x 4 layers", ModelConfig()),
                          ("demo model 128/256/32 x 2 layers", DEMO_MODEL)):

@@ -155,6 +155,31 @@ def test_shrunk_environment_observes_exactly_the_full_level():
         envs.EnvConfig(obs_history=0)
 
 
+def test_compact_observation_is_smaller_and_the_flow_policy_still_sees_the_full_layout():
+    lvl = level()
+    full_env, (arrays,) = envs.make_env([lvl], envs.EnvConfig(obs_history=4, prev_action=True, shrink=True))
+    compact_env, _ = envs.make_env([lvl], envs.EnvConfig(obs_history=4, prev_action=True, shrink=True,
+                                                         compact_obs=True))
+    assert compact_env.base_obs_dim < full_env.base_obs_dim / 2
+    assert compact_env.obs_dim == 4 * compact_env.base_obs_dim + 6
+
+    def run(env):
+        def step(state, key):
+            obs, state, *_ = env.step(key, state, jnp.full(6, 0.5), arrays)
+            return state, (obs, env.flow_observation(state, arrays))
+
+        _, state = env.reset(jax.random.key(0), arrays)
+        return jax.lax.scan(step, state, jax.random.split(jax.random.key(1), 3))[1]
+
+    (obs_full, seen_full), (obs_compact, seen_compact) = (
+        jax.jit(run, static_argnums=0, compiler_options=FAST)(e) for e in (full_env, compact_env))
+    np.testing.assert_array_equal(seen_compact, seen_full)  # the same physics, the same flow observation
+    np.testing.assert_array_equal(seen_full, obs_full[:, 3 * full_env.base_obs_dim:4 * full_env.base_obs_dim])
+    assert obs_compact.shape == (3, compact_env.obs_dim) and not np.array_equal(obs_compact[0], obs_compact[-1])
+    with pytest.raises(ValueError, match="compact_obs .* shrink"):
+        envs.EnvConfig(compact_obs=True)
+
+
 def test_one_environment_serves_many_levels():
     env, arrays = envs.make_env([level(), level("l/h4_cartpole")], envs.EnvConfig(shrink=True))
     reset = jax.jit(env.reset, compiler_options=FAST)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import shutil
 import subprocess
@@ -60,6 +61,12 @@ def test_every_stage_leaves_its_output(smoke_run):
 
     data = checkpoints.load_meta(dirs.data / LEVEL)
     assert len(data["experts"]) == 2  # the mixture holds both solving seeds
+    # The smoke experts observe the compacted level; the data holds the full-layout frame the flow policy sees.
+    from rtchunk.kinetix import dataset
+
+    expert_run = json.loads((dirs.experts(0) / "run.json").read_text())
+    assert expert_run["env"]["compact_obs"] and not data["env"]["compact_obs"]
+    assert dataset.load(dirs.data / LEVEL)[0].obs.shape[-1] == 679 > (expert_run["obs_dim"] - 6) // 4
     _, meta = checkpoints.load_policy(dirs.policy_rtc / LEVEL / "epoch_000")
     assert meta["training_delays"]["max_delay"] == 2 and "policy" in meta["bc_config"]["init_from"]
 
@@ -191,6 +198,7 @@ def test_a_changed_setting_is_refused_for_an_existing_run(smoke_run):
     ({"eval": dataclasses.replace(SMOKE.eval, delays=(3,))}, "--eval.delays must be <= H/2 = 2"),
     ({"eval": dataclasses.replace(SMOKE.eval, policy_dir=Path("p"))}, "--eval.policy-dir is set by rtchunk reproduce"),
     ({"experts": dataclasses.replace(SMOKE.experts, seed=3)}, "--experts.seed is set from --seed"),
+    ({"shrink": False}, "--experts.compact-obs observes the shrunk level: it needs --shrink"),
 ])
 def test_bad_settings_are_refused_naming_the_flag(change, message):
     with pytest.raises(ValueError) as info:

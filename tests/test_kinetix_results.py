@@ -42,3 +42,13 @@ def test_run_file_names_every_setting_that_differs(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="corrupt"):
         results.check_run_file(path, {"num_envs": 4})
+
+
+def test_a_setting_added_later_matches_a_run_file_without_it_only_when_off(tmp_path):
+    path = tmp_path / "run" / results.RUN_FILE
+    results.write_run_file(path, {"seed": 0, "env": {"shrink": True}})
+    results.check_run_file(path, {"seed": 0, "env": {"shrink": True, "compact_obs": False}, "note": None})
+    with pytest.raises(ValueError, match="env"):
+        results.check_run_file(path, {"seed": 0, "env": {"shrink": True, "compact_obs": True}})
+    with pytest.raises(ValueError, match="env"):  # a setting the run file has must still match
+        results.check_run_file(path, {"seed": 0, "env": {"shrink": False, "compact_obs": False}})

@@ -26,9 +26,10 @@ PRESETS = {
         reproduce.PRESETS["cpu"],
         out_dir=Path("runs/demo"),
         levels=("h17_unicycle",),
-        # Two seeds, both must solve; a failing seed costs a second round of two new seeds (about 5 more
-        # minutes) rather than a mixture of one. (An even number of seeds: the learners split over both
-        # devices; three would run on one.)
+        # Two seeds, both must solve; a failing seed costs a second round of two new seeds rather than a
+        # mixture of one. (An even number of seeds: the learners split over both devices; three would run on
+        # one.) The experts observe the full layout, as in the papers: on the compacted level's observation
+        # PPO runs 2x the steps/s, but none of 4 seeds solved within this budget (docs/results.md).
         experts=dataclasses.replace(
             reproduce.PRESETS["cpu"].experts, num_seeds=2, checkpoint_every=4,
             ppo=dataclasses.replace(reproduce.PRESETS["cpu"].experts.ppo, total_timesteps=524_288)),

@@ -64,7 +64,7 @@ PRESETS = {
         experts=TrainerSettings(
             num_seeds=2,
             ppo=ppo.PPOConfig(num_envs=16, num_steps=48, num_minibatches=4, ent_coef=0.01, total_timesteps=16 * 48 * 2),
-            checkpoint_every=1, num_eval_envs=0),
+            checkpoint_every=1, num_eval_envs=0, compact_obs=True),
         threshold=0.0,
         min_experts=2,
         extra_seed_rounds=1,

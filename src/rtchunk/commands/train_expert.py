@@ -10,7 +10,7 @@ from typing import Annotated
 import tyro
 
 from rtchunk.kinetix import parallel, ppo
-from rtchunk.kinetix.expert import CHECKPOINTS, TrainerSettings, train_on_levels
+from rtchunk.kinetix.expert import CHECKPOINTS, TrainerSettings, expert_env, train_on_levels
 from rtchunk.kinetix.paper import EPISODE_STEPS, PAPER_LEVELS
 from rtchunk.kinetix.tracking import Tracker
 
@@ -34,6 +34,8 @@ class ExpertConfig:
     def __post_init__(self):
         if self.max_timesteps < 1:
             raise ValueError(f"--max-timesteps must be >= 1, got {self.max_timesteps}")
+        if self.trainer.compact_obs and not self.shrink:
+            raise ValueError("--trainer.compact-obs observes the shrunk level: it needs --shrink")
 
 
 PRESETS = {
@@ -55,7 +57,6 @@ PRESETS = {
 def main(config: ExpertConfig) -> int:
     import jax
 
-    from rtchunk.kinetix import envs as envs_lib
     from rtchunk.kinetix import levels as levels_lib
 
     levels_lib.level_files(list(config.levels) or list(PAPER_LEVELS), config.level_dir)  # fail fast on a bad name
@@ -66,7 +67,7 @@ def main(config: ExpertConfig) -> int:
         print(f"process {jax.process_index()} has no level to train ({len(all_levels)} levels, "
               f"{jax.process_count()} processes)")
         return 0
-    env_config = dataclasses.replace(envs_lib.EXPERT_ENV, shrink=config.shrink, max_timesteps=config.max_timesteps)
+    env_config = expert_env(config.trainer, shrink=config.shrink, max_timesteps=config.max_timesteps)
     out = Path(config.out_dir) / parallel.process_subdir()
     total = config.trainer.ppo.num_updates * config.trainer.ppo.steps_per_update
     print(f"training {config.trainer.num_seeds} seeds x {len(mine)} level(s) ({', '.join(l.name for l in mine)}) for "

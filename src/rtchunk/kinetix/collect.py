@@ -37,7 +37,7 @@ def make_collector(env, num_motors: int, policy_obs: Callable, segment: int):
         means = jax.vmap(ppo.policy_mean, in_axes=(0, None))(experts, obs)  # [K, E, A]
         mean = jnp.take_along_axis(means, index[None, :, None], axis=0)[0]
         action = ppo.squash(mean, num_motors)
-        seen = jax.vmap(policy_obs)(obs, state)
+        seen = jax.vmap(policy_obs, in_axes=(0, 0, None))(obs, state, level)
         next_obs, state, _, done, info = env.step_batch(k_env, state, action, level)
         num_experts = jax.tree.leaves(experts)[0].shape[0]
         fresh = jax.random.randint(k_pick, index.shape, 0, num_experts)
@@ -63,7 +63,7 @@ def collect(
     num_envs: int,
     num_steps: int,
     rng: jax.Array,
-    policy_obs: Callable = lambda obs, state: obs,
+    policy_obs: Callable = lambda obs, state, level: obs,
     segment: int = 128,
     progress: bool = True,
     desc: str = "collect",
@@ -169,13 +169,14 @@ def record_datasets(
             env, arrays, stacked, num_motors=spec["num_motors"], num_envs=num_envs, num_steps=per_env,
             rng=jax.random.fold_in(jax.random.key(seed), i),
             # The experts see a history of frames and their last action; the flow policy sees one frame.
-            policy_obs=lambda obs, state: state.history[-1],
+            policy_obs=lambda obs, state, level: env.flow_observation(state, level),
             progress=progress, desc=name,
         )
         dataset.save(target, data, {
             "level": name, "level_source": str(sources[name]), "experts": chosen, "threshold": threshold,
             "max_experts": max_experts,
-            "env": dataclasses.replace(env_config, obs_history=1, prev_action=False, dense_reward=False),
+            "env": dataclasses.replace(env_config, obs_history=1, prev_action=False, dense_reward=False,
+                                       compact_obs=False),
         })
         report[name] = {"experts": len(chosen), **data.summary()}
         log(f"{name}: {len(chosen)} expert(s), {data.num_transitions:,} transitions, expert solve rate in the "

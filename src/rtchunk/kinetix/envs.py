@@ -49,6 +49,11 @@ class EnvConfig:
     max_timesteps: int = EPISODE_STEPS
     shrink: bool = False
     """Simulate levels compacted to the slots they use (faster; see rtchunk.kinetix.shrink)."""
+    compact_obs: bool = False
+    """Observe the compacted level (needs ``shrink``): Kinetix's symbolic observation of the used slots only,
+    the same information in fewer inputs, since the padding slots' entries never change. For PPO experts,
+    whose first layer over the stacked frames is most of their cost; the flow policy always sees the full
+    layout (``flow_observation``)."""
 
     def __post_init__(self):
         if not self.action_noise_std >= 0:
@@ -57,6 +62,8 @@ class EnvConfig:
             raise ValueError(f"obs_history must be an integer >= 1, got {self.obs_history!r}")
         if not isinstance(self.max_timesteps, int) or self.max_timesteps < 1:
             raise ValueError(f"max_timesteps must be an integer >= 1, got {self.max_timesteps!r}")
+        if self.compact_obs and not self.shrink:
+            raise ValueError("compact_obs observes the shrunk level: it needs shrink=True")
 
 
 POLICY_ENV = EnvConfig()
@@ -106,12 +113,15 @@ class KinetixEnv:
             ActionType.CONTINUOUS, ObservationType.SYMBOLIC_FLAT, None, self.env_params, static_env_params,
             auto_reset=False,
         )
-        self._render = make_render_symbolic(self.env_params, self.full_static_env_params)
+        self._render_full = make_render_symbolic(self.env_params, self.full_static_env_params)
+        self._render_compact = make_render_symbolic(self.env_params, static_env_params)
         self.num_motors = static_env_params.num_motor_bindings
         """Action dimensions [0, num_motors) drive motors (in [-1, 1]); the rest fire thrusters (in [0, 1])."""
         self.action_dim = static_env_params.num_motor_bindings + static_env_params.num_thruster_bindings
-        empty = jax.eval_shape(lambda: create_empty_env(self.full_static_env_params))
-        self.base_obs_dim = int(jax.eval_shape(self._render, empty).shape[-1])
+        observed, render = ((static_env_params, self._render_compact) if config.compact_obs
+                            else (self.full_static_env_params, self._render_full))
+        empty = jax.eval_shape(lambda: create_empty_env(observed))
+        self.base_obs_dim = int(jax.eval_shape(render, empty).shape[-1])
         """Size of one symbolic observation (before history and previous action)."""
 
     @property
@@ -137,8 +147,20 @@ class KinetixEnv:
             return physics
         return expand_state(physics, level.slots, self.full_static_env_params)
 
+    def _full_frame(self, physics: PhysicsState, level: LevelArrays) -> jax.Array:
+        return self._render_full(self.full_layout(physics, level))
+
     def _base_obs(self, physics: PhysicsState, level: LevelArrays) -> jax.Array:
-        return self._render(self.full_layout(physics, level))
+        if self.config.compact_obs:
+            return self._render_compact(physics)
+        return self._full_frame(physics, level)
+
+    def flow_observation(self, state: EnvState, level: LevelArrays) -> jax.Array:
+        """What the flow policy sees in ``state``, whatever this environment observes: the newest frame,
+        in the full layout, without history or previous action."""
+        if self.config.compact_obs:
+            return self._full_frame(state.physics, level)
+        return state.history[-1]
 
     def _obs(self, history: jax.Array, prev_action: jax.Array) -> jax.Array:
         parts = [history.reshape(-1)]

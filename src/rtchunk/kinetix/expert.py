@@ -53,6 +53,10 @@ class TrainerSettings:
     video_envs: int = 0
     """At every checkpoint, an mp4 per level of the first seed's deterministic expert on this many
     environments side by side (videos/<level>_update_XXXXXX.mp4); 0 = no videos."""
+    compact_obs: bool = False
+    """The experts observe the shrunk level (``EnvConfig.compact_obs``; needs shrinking): the same
+    information in a fraction of the inputs, so each PPO step costs less, but learning changes with the
+    input size (docs/results.md has the one comparison). Off: the papers' full-layout frames."""
     seed: int = 0
     progress: bool = True
 
@@ -64,6 +68,14 @@ class TrainerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_eval_envs < 0:
             raise ValueError(f"num_eval_envs must be >= 0, got {self.num_eval_envs}")
+
+
+def expert_env(settings: TrainerSettings, *, shrink: bool, max_timesteps: int):
+    """The environment the experts train in: the papers' expert stack (``envs.EXPERT_ENV``) at these sizes."""
+    from rtchunk.kinetix import envs as envs_lib
+
+    return dataclasses.replace(envs_lib.EXPERT_ENV, shrink=shrink, max_timesteps=max_timesteps,
+                               compact_obs=settings.compact_obs)
 
 
 def checkpoint_dirs(out: Path) -> list[Path]:

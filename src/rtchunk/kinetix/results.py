@@ -136,15 +136,25 @@ def _short(value, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _without_later_defaults(new, old):
+    """``new`` less the entries ``old`` lacks whose value is False or None: settings added to the project after
+    ``old`` was written, at their off value (which is what runs did before the setting existed)."""
+    if not (isinstance(new, dict) and isinstance(old, dict)):
+        return new
+    return {k: _without_later_defaults(v, old.get(k)) for k, v in new.items()
+            if k in old or v not in (False, None)}
+
+
 def check_run_file(path: Path, resume_key: dict) -> None:
     """A run file at ``path`` (if any) must hold ``resume_key``: the settings that shape the results.
-    Otherwise a ``ValueError`` names every setting that differs. Writes nothing."""
+    Otherwise a ``ValueError`` names every setting that differs. A setting the run file lacks matches when it
+    is off (False or None): runs started before it existed resume. Writes nothing."""
     path = Path(path)
     if not path.is_file():
         return
     stored = read_json(path, "run file")
     old = stored.get("resume_key") if isinstance(stored, dict) else None
-    if old == resume_key:
+    if old == resume_key or old == _without_later_defaults(resume_key, old):
         return
     old = old if isinstance(old, dict) else {}
     diff = sorted(k for k in set(old) | set(resume_key) if old.get(k) != resume_key.get(k))

@@ -111,6 +111,8 @@ class ReproduceConfig:
         if not 1 <= self.min_experts <= most:
             raise ValueError(f"--min-experts must be in [1, {most}] (--experts.num-seeds x (1 + --extra-seed-rounds)), "
                              f"got {self.min_experts}")
+        if self.experts.compact_obs and not self.shrink:
+            raise ValueError("--experts.compact-obs observes the shrunk level: it needs --shrink")
         if self.experts.seed != TrainerSettings().seed:
             raise ValueError("--experts.seed is set from --seed by rtchunk reproduce; leave it out")
         template = _default_bc()

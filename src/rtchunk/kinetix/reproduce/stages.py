@@ -85,11 +85,10 @@ def run_experts(config: ReproduceConfig, level_file: Path, dirs: LevelDirs, log:
     """Expert rounds until ``min_experts`` seeds solve (or the rounds run out); writes experts.csv."""
     import dataclasses as dc
 
-    from rtchunk.kinetix import envs as envs_lib
     from rtchunk.kinetix import expert
     from rtchunk.kinetix import levels as levels_lib
 
-    env_config = dc.replace(envs_lib.EXPERT_ENV, shrink=config.shrink, max_timesteps=config.max_timesteps)
+    env_config = expert.expert_env(config.experts, shrink=config.shrink, max_timesteps=config.max_timesteps)
     level = None
     rows: list[dict] = []
     for r in range(1 + config.extra_seed_rounds):
