@@ -176,6 +176,10 @@ def test_compact_observation_is_smaller_and_the_flow_policy_still_sees_the_full_
     np.testing.assert_array_equal(seen_compact, seen_full)  # the same physics, the same flow observation
     np.testing.assert_array_equal(seen_full, obs_full[:, 3 * full_env.base_obs_dim:4 * full_env.base_obs_dim])
     assert obs_compact.shape == (3, compact_env.obs_dim) and not np.array_equal(obs_compact[0], obs_compact[-1])
+    # The same information: Kinetix zeroes inactive slots, so both frames hold the same nonzero values.
+    b = compact_env.base_obs_dim
+    for frame, full_frame in zip(obs_compact[:, 3 * b:4 * b], seen_full):
+        np.testing.assert_array_equal(np.sort(frame[frame != 0]), np.sort(full_frame[full_frame != 0]))
     with pytest.raises(ValueError, match="compact_obs .* shrink"):
         envs.EnvConfig(compact_obs=True)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from rtchunk.delays import TrainingDelays
 from rtchunk.files import to_jsonable
 from rtchunk.kinetix import parallel, policy_store, results
 from rtchunk.model_config import ModelConfig
+
+if TYPE_CHECKING:
+    from rtchunk.model import FlowPolicy
 
 # JAX, Flax and optax are imported by the functions that train: ``rtchunk train-policy`` parses and checks
 # its BCConfig before they load (seconds on a busy CPU).

@@ -299,7 +299,7 @@ def run(config: EvalConfig, log: Callable[[str], None] = lambda message: None) -
 
     level_list = [levels.load_level(f) for f in checked.level_files]
     env, arrays = envs.make_env(level_list, envs.EnvConfig(shrink=config.shrink, max_timesteps=config.max_timesteps))
-    names, horizon = checked.names, checked.horizon
+    horizon = checked.horizon
     policies = _load_policies(checked, "policy", env.obs_dim, env.action_dim)
     prefix_policies = policies
     if config.trained_prefix_policy_dir is not None and "trained_prefix" in config.methods:
