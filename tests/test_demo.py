@@ -12,6 +12,7 @@ def test_the_cpu_preset_survives_a_failing_seed_and_sweeps_d_0_to_4():
     assert config.min_experts >= 2  # never a mixture of one expert
     assert config.extra_seed_rounds >= 1  # a failing seed: more seeds, before the level would be given up
     assert config.experts.num_seeds % 2 == 0  # the learners split over both CPU devices
+    assert config.experts.compact_obs and config.shrink  # exactly the full-layout experts, twice as fast
     assert tuple(config.eval.delays) == (0, 1, 2, 3, 4) and config.eval.num_envs >= 256
     assert {"naive", "rtc"} <= set(config.eval.methods)
     assert demo.PRESETS["smoke"] == reproduce.PRESETS["smoke"]

@@ -176,10 +176,13 @@ def test_compact_observation_is_smaller_and_the_flow_policy_still_sees_the_full_
     np.testing.assert_array_equal(seen_compact, seen_full)  # the same physics, the same flow observation
     np.testing.assert_array_equal(seen_full, obs_full[:, 3 * full_env.base_obs_dim:4 * full_env.base_obs_dim])
     assert obs_compact.shape == (3, compact_env.obs_dim) and not np.array_equal(obs_compact[0], obs_compact[-1])
-    # The same information: Kinetix zeroes inactive slots, so both frames hold the same nonzero values.
-    b = compact_env.base_obs_dim
-    for frame, full_frame in zip(obs_compact[:, 3 * b:4 * b], seen_full):
-        np.testing.assert_array_equal(np.sort(frame[frame != 0]), np.sort(full_frame[full_frame != 0]))
+    # The same information: Kinetix zeroes inactive slots, so the compact observation is the full one's
+    # entries at full_obs_index, and every other full entry is 0.
+    rows = np.asarray(compact_env.full_obs_index(arrays))
+    assert compact_env.full_obs_dim == full_env.obs_dim and len(set(rows.tolist())) == len(rows)
+    np.testing.assert_array_equal(obs_compact, obs_full[:, rows])
+    np.testing.assert_array_equal(np.delete(obs_full, rows, axis=1), 0)
+    np.testing.assert_array_equal(full_env.full_obs_index(arrays), np.arange(full_env.obs_dim))
     with pytest.raises(ValueError, match="compact_obs .* shrink"):
         envs.EnvConfig(compact_obs=True)
 

@@ -58,3 +58,40 @@ def test_short_ppo_run_improves_return():
     stats = ppo.evaluate_expert(env, runner.params, level, jax.random.key(1), 16, env.num_motors, env.horizon)
     assert bool(stats["finished"].all())
     assert float(stats["solved"].mean()) > 0.8
+
+
+def test_a_compact_observation_learns_exactly_as_the_full_layout():
+    # The papers' expert stack on h17_unicycle, observed in the full layout and compacted: the same networks
+    # (the compact first layer is the full one's rows for the entries it keeps), so the same updates.
+    import dataclasses
+
+    from kinetix_helpers import FAST, level
+
+    from rtchunk.kinetix import envs
+
+    config = ppo.PPOConfig(num_envs=4, num_steps=8, update_epochs=2, num_minibatches=2, hidden_dim=16)
+    runs = {}
+    for compact in (False, True):
+        env, (arrays,) = envs.make_env([level()], dataclasses.replace(envs.EXPERT_ENV, shrink=True,
+                                                                       compact_obs=compact))
+        step = ppo.make_update(env, config, num_motors=env.num_motors)
+
+        def two_updates(key, arrays, env=env, step=step):
+            runner = ppo.init_runner(key, env, arrays, config)
+            first = runner.params
+            for _ in range(2):
+                runner, metrics = step(runner, arrays)
+            return first, runner.params, env.full_obs_index(arrays)
+
+        runs[compact] = jax.jit(two_updates, compiler_options=FAST)(jax.random.key(0), arrays)
+    (full_init, full_after, _), (compact_init, compact_after, rows) = runs[False], runs[True]
+    assert rows.shape[0] < full_init["actor"][0]["w"].shape[0] / 3
+    for init, after in ((full_init, compact_init), (full_after, compact_after)):
+        for net in ("actor", "critic"):
+            np.testing.assert_allclose(after[net][0]["w"], init[net][0]["w"][rows], atol=1e-5)
+            for layer_full, layer_compact in zip(init[net][1:], after[net][1:]):
+                np.testing.assert_allclose(layer_compact["w"], layer_full["w"], atol=1e-5)
+    # The first layer's rows left out multiply entries that are always 0: they never move.
+    left_out = np.setdiff1d(np.arange(full_init["actor"][0]["w"].shape[0]), np.asarray(rows))
+    np.testing.assert_array_equal(full_after["actor"][0]["w"][left_out], full_init["actor"][0]["w"][left_out])
+    assert not np.allclose(full_after["actor"][0]["w"], full_init["actor"][0]["w"])  # it did learn

@@ -51,9 +51,9 @@ class EnvConfig:
     """Simulate levels compacted to the slots they use (faster; see rtchunk.kinetix.shrink)."""
     compact_obs: bool = False
     """Observe the compacted level (needs ``shrink``): Kinetix's symbolic observation of the used slots only,
-    the same information in fewer inputs, since the padding slots' entries never change. For PPO experts,
-    whose first layer over the stacked frames is most of their cost; the flow policy always sees the full
-    layout (``flow_observation``)."""
+    the full layout's entries less those that are always 0 (``KinetixEnv.full_obs_index``). For PPO
+    experts, whose first layer over the stacked frames is most of their cost; the flow policy always sees
+    the full layout (``flow_observation``)."""
 
     def __post_init__(self):
         if not self.action_noise_std >= 0:
@@ -123,10 +123,56 @@ class KinetixEnv:
         empty = jax.eval_shape(lambda: create_empty_env(observed))
         self.base_obs_dim = int(jax.eval_shape(render, empty).shape[-1])
         """Size of one symbolic observation (before history and previous action)."""
+        full_empty = jax.eval_shape(lambda: create_empty_env(self.full_static_env_params))
+        self.full_base_obs_dim = int(jax.eval_shape(self._render_full, full_empty).shape[-1])
+        self._feature_widths = _feature_widths(full_empty, self.env_params, self.full_static_env_params)
 
     @property
     def obs_dim(self) -> int:
         return self.base_obs_dim * self.config.obs_history + (self.action_dim if self.config.prev_action else 0)
+
+    @property
+    def full_obs_dim(self) -> int:
+        """``obs_dim`` had the observation been rendered in the full layout."""
+        return self.full_base_obs_dim * self.config.obs_history + (self.action_dim if self.config.prev_action else 0)
+
+    def full_obs_index(self, level: LevelArrays) -> jax.Array:
+        """For each entry of this environment's observation of ``level``, its index in the full-layout
+        observation: ``obs == full_obs[index]`` in every state. The full layout only adds entries that are
+        always 0 (Kinetix zeroes inactive slots), so a network on the compact observation whose first layer
+        is the full network's rows ``index`` computes the full network exactly. Traceable (the slot map may
+        be a traced argument)."""
+        if not self.config.compact_obs:
+            return jnp.arange(self.obs_dim)
+        full, small, slots = self.full_static_env_params, self.static_env_params, level.slots
+        fp, fc, fj, ft = self._feature_widths
+
+        def kept_polygons(static):  # the renderer leaves out the fixated walls and ceiling (slots 1 .. f-1)
+            return [0] + list(range(static.num_static_fixated_polys, static.num_polygons))
+
+        row_of = np.full(full.num_polygons, -1)
+        row_of[kept_polygons(full)] = np.arange(len(kept_polygons(full)))
+        polygon_rows = jnp.asarray(row_of)[slots.polygon[np.array(kept_polygons(small))]]
+        num_shapes = full.num_polygons + full.num_circles
+        shape = jnp.concatenate([slots.polygon, full.num_polygons + slots.circle])  # compact -> full shape index
+        joint_width, thruster_width = fj + 2 * num_shapes, ft + num_shapes
+        circles_at = len(kept_polygons(full)) * fp
+        joints_at = circles_at + full.num_circles * fc
+        thrusters_at = joints_at + full.num_joints * joint_width
+        gravity_at = thrusters_at + full.num_thrusters * thruster_width
+        joint_cols = jnp.concatenate([jnp.arange(fj), fj + shape, fj + num_shapes + shape])
+        thruster_cols = jnp.concatenate([jnp.arange(ft), ft + shape])
+        frame = jnp.concatenate([
+            (polygon_rows[:, None] * fp + jnp.arange(fp)).reshape(-1),
+            (circles_at + slots.circle[:, None] * fc + jnp.arange(fc)).reshape(-1),
+            (joints_at + slots.joint[:, None] * joint_width + joint_cols).reshape(-1),
+            (thrusters_at + slots.thruster[:, None] * thruster_width + thruster_cols).reshape(-1),
+            jnp.array([gravity_at]),
+        ])
+        parts = [k * self.full_base_obs_dim + frame for k in range(self.config.obs_history)]
+        if self.config.prev_action:
+            parts.append(self.config.obs_history * self.full_base_obs_dim + jnp.arange(self.action_dim))
+        return jnp.concatenate(parts).astype(jnp.int32)
 
     def _key(self):
         return (self.config, self.static_env_params, self.full_static_env_params, self.env_params)
@@ -229,6 +275,17 @@ class KinetixEnv:
         """Step N environments of one level (one key split N ways); action is [N, action_dim]."""
         keys = jax.random.split(rng, action.shape[0])
         return jax.vmap(self.step, in_axes=(0, 0, 0, None))(keys, state, action, level)
+
+
+def _feature_widths(state, env_params: EnvParams, static: StaticEnvParams) -> tuple[int, int, int, int]:
+    """Per-entity feature widths of Kinetix's symbolic observation (polygon, circle, joint and thruster,
+    before the one-hot shape indices): the same at every slot count."""
+    from kinetix.render.renderer_symbolic_common import (make_circle_features, make_joint_features,
+                                                           make_polygon_features, make_thruster_features)
+
+    shapes = [jax.eval_shape(lambda st, fn=fn: fn(st, env_params, static), state)[0].shape[-1] for fn in (
+        make_polygon_features, make_circle_features, make_joint_features, make_thruster_features)]
+    return tuple(int(w) for w in shapes)
 
 
 def make_env(levels: Sequence[Level], config: EnvConfig = POLICY_ENV) -> tuple[KinetixEnv, list[LevelArrays]]:

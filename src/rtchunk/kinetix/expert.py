@@ -55,8 +55,8 @@ class TrainerSettings:
     environments side by side (videos/<level>_update_XXXXXX.mp4); 0 = no videos."""
     compact_obs: bool = False
     """The experts observe the shrunk level (``EnvConfig.compact_obs``; needs shrinking): the same
-    information in a fraction of the inputs, so each PPO step costs less, but learning changes with the
-    input size (docs/results.md has the one comparison). Off: the papers' full-layout frames."""
+    information in a fraction of the inputs, and the same networks as on the papers' full-layout frames
+    (``ppo.init_runner`` starts from the full layout's initialisation), so each PPO step costs less."""
     seed: int = 0
     progress: bool = True
 

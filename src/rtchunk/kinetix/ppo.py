@@ -173,7 +173,13 @@ def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
 def init_runner(rng: jax.Array, env, level, config: PPOConfig) -> RunnerState:
     """A fresh learner on ``level``: networks, optimiser and ``num_envs`` environments."""
     k_params, k_env, k_run = jax.random.split(rng, 3)
-    params = init_params(k_params, env.obs_dim, env.action_dim, config)
+    params = init_params(k_params, getattr(env, "full_obs_dim", env.obs_dim), env.action_dim, config)
+    if getattr(env, "full_obs_dim", env.obs_dim) != env.obs_dim:
+        # A compact observation: the full-layout network's first-layer rows for the entries it keeps, so it
+        # is that network exactly (the rows left out only ever multiply zeros) and learns as it does.
+        rows = env.full_obs_index(level)
+        for net in ("actor", "critic"):
+            params[net][0] = {**params[net][0], "w": params[net][0]["w"][rows]}
     obs, env_state = env.reset_batch(k_env, level, config.num_envs)
     return RunnerState(params, make_optimizer(config).init(params), env_state, obs, jax.random.key_data(k_run),
                        jnp.int32(0))
