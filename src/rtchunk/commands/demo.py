@@ -28,10 +28,10 @@ PRESETS = {
         levels=("h17_unicycle",),
         # Two seeds, both must solve; a failing seed costs a second round of two new seeds rather than a
         # mixture of one. (An even number of seeds: the learners split over both devices; three would run on
-        # one.) The experts observe the compacted level: the same networks as the papers' full layout, exactly
-        # (ppo.init_runner), at twice the PPO steps/s.
+        # one.) Like the cpu preset's, the experts observe the compacted level: the same networks as on the
+        # papers' full layout, exactly (ppo.init_runner), at twice the PPO steps/s.
         experts=dataclasses.replace(
-            reproduce.PRESETS["cpu"].experts, num_seeds=2, checkpoint_every=4, compact_obs=True,
+            reproduce.PRESETS["cpu"].experts, num_seeds=2, checkpoint_every=4,
             ppo=dataclasses.replace(reproduce.PRESETS["cpu"].experts.ppo, total_timesteps=524_288)),
         min_experts=2,
         extra_seed_rounds=1,

@@ -44,7 +44,7 @@ PRESETS = {
         experts=TrainerSettings(
             num_seeds=4,
             ppo=ppo.PPOConfig(num_envs=256, num_steps=64, num_minibatches=4, ent_coef=0.01, total_timesteps=737_280),
-            checkpoint_every=9, num_eval_envs=64),
+            checkpoint_every=9, num_eval_envs=64, compact_obs=True),
         min_experts=4,
         extra_seed_rounds=1,
         data=DataSettings(steps_per_level=100_000, num_envs=256),
