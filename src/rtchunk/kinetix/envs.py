@@ -118,14 +118,13 @@ class KinetixEnv:
         self.num_motors = static_env_params.num_motor_bindings
         """Action dimensions [0, num_motors) drive motors (in [-1, 1]); the rest fire thrusters (in [0, 1])."""
         self.action_dim = static_env_params.num_motor_bindings + static_env_params.num_thruster_bindings
-        observed, render = ((static_env_params, self._render_compact) if config.compact_obs
-                            else (self.full_static_env_params, self._render_full))
-        empty = jax.eval_shape(lambda: create_empty_env(observed))
-        self.base_obs_dim = int(jax.eval_shape(render, empty).shape[-1])
-        """Size of one symbolic observation (before history and previous action)."""
         full_empty = jax.eval_shape(lambda: create_empty_env(self.full_static_env_params))
         self.full_base_obs_dim = int(jax.eval_shape(self._render_full, full_empty).shape[-1])
-        self._feature_widths = _feature_widths(full_empty, self.env_params, self.full_static_env_params)
+        self.base_obs_dim = self.full_base_obs_dim
+        """Size of one symbolic observation (before history and previous action)."""
+        if config.compact_obs:
+            empty = jax.eval_shape(lambda: create_empty_env(static_env_params))
+            self.base_obs_dim = int(jax.eval_shape(self._render_compact, empty).shape[-1])
 
     @property
     def obs_dim(self) -> int:
@@ -145,7 +144,7 @@ class KinetixEnv:
         if not self.config.compact_obs:
             return jnp.arange(self.obs_dim)
         full, small, slots = self.full_static_env_params, self.static_env_params, level.slots
-        fp, fc, fj, ft = self._feature_widths
+        fp, fc, fj, ft = _feature_widths(self.env_params, full)
 
         def kept_polygons(static):  # the renderer leaves out the fixated walls and ceiling (slots 1 .. f-1)
             return [0] + list(range(static.num_static_fixated_polys, static.num_polygons))
@@ -277,12 +276,14 @@ class KinetixEnv:
         return jax.vmap(self.step, in_axes=(0, 0, 0, None))(keys, state, action, level)
 
 
-def _feature_widths(state, env_params: EnvParams, static: StaticEnvParams) -> tuple[int, int, int, int]:
+def _feature_widths(env_params: EnvParams, static: StaticEnvParams) -> tuple[int, int, int, int]:
     """Per-entity feature widths of Kinetix's symbolic observation (polygon, circle, joint and thruster,
     before the one-hot shape indices): the same at every slot count."""
+    from kinetix.environment.utils import create_empty_env
     from kinetix.render.renderer_symbolic_common import (make_circle_features, make_joint_features,
                                                            make_polygon_features, make_thruster_features)
 
+    state = jax.eval_shape(lambda: create_empty_env(static))
     shapes = [jax.eval_shape(lambda st, fn=fn: fn(st, env_params, static), state)[0].shape[-1] for fn in (
         make_polygon_features, make_circle_features, make_joint_features, make_thruster_features)]
     return tuple(int(w) for w in shapes)

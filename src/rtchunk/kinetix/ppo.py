@@ -173,8 +173,9 @@ def make_optimizer(config: PPOConfig) -> optax.GradientTransformation:
 def init_runner(rng: jax.Array, env, level, config: PPOConfig) -> RunnerState:
     """A fresh learner on ``level``: networks, optimiser and ``num_envs`` environments."""
     k_params, k_env, k_run = jax.random.split(rng, 3)
-    params = init_params(k_params, getattr(env, "full_obs_dim", env.obs_dim), env.action_dim, config)
-    if getattr(env, "full_obs_dim", env.obs_dim) != env.obs_dim:
+    full_obs_dim = getattr(env, "full_obs_dim", env.obs_dim)
+    params = init_params(k_params, full_obs_dim, env.action_dim, config)
+    if full_obs_dim != env.obs_dim:
         # A compact observation: the full-layout network's first-layer rows for the entries it keeps, so it
         # is that network exactly (the rows left out only ever multiply zeros) and learns as it does.
         rows = env.full_obs_index(level)

@@ -154,7 +154,7 @@ def check_run_file(path: Path, resume_key: dict) -> None:
         return
     stored = read_json(path, "run file")
     old = stored.get("resume_key") if isinstance(stored, dict) else None
-    if old == resume_key or old == _without_later_defaults(resume_key, old):
+    if old == _without_later_defaults(resume_key, old):
         return
     old = old if isinstance(old, dict) else {}
     diff = sorted(k for k in set(old) | set(resume_key) if old.get(k) != resume_key.get(k))
