@@ -35,7 +35,7 @@ class ExpertConfig:
         if self.max_timesteps < 1:
             raise ValueError(f"--max-timesteps must be >= 1, got {self.max_timesteps}")
         if self.trainer.compact_obs and not self.shrink:
-            raise ValueError("--trainer.compact-obs observes the shrunk level: it needs --shrink")
+            raise ValueError("--compact-obs observes the shrunk level: it needs --shrink")
 
 
 PRESETS = {
