@@ -3,7 +3,7 @@ point), so that a table of bad inputs pays Python's and JAX's start-up once inst
 
     python tests/cli_driver.py cases.json results.json
 
-cases.json: a list of argument lists; results.json: per case {"returncode", "stdout", "stderr"}, where stdout
+cases.json: a list of argument lists; results.json: per case {"returncode", "stdout", "stderr", "seconds"}, where stdout
 and stderr are everything written to file descriptors 1 and 2 (C++ logging included) while the case ran.
 """
 
@@ -13,11 +13,13 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 
 def run_case(args: list[str]) -> dict:
     from rtchunk import cli
 
+    started = time.perf_counter()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
     files = {fd: tempfile.TemporaryFile() for fd in (1, 2)}
     try:
@@ -40,7 +42,7 @@ def run_case(args: list[str]) -> dict:
         f.seek(0)
         out[fd] = f.read().decode(errors="replace")
         f.close()
-    return {"returncode": code, "stdout": out[1], "stderr": out[2]}
+    return {"returncode": code, "stdout": out[1], "stderr": out[2], "seconds": time.perf_counter() - started}
 
 
 def main() -> int:

@@ -19,6 +19,16 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+# The slowest modules run first: with `-n 2 --dist loadfile` the other worker takes the rest meanwhile, instead
+# of the whole suite waiting at the end for the one worker that drew a long module late (longest first).
+SLOWEST_FIRST = ("test_kinetix_reproduce.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def pytest_sessionfinish(session, exitstatus):
     # "No tests collected" (exit code 5) is not a failure for this project's CI.
     if exitstatus == 5:
@@ -28,7 +38,7 @@ def pytest_sessionfinish(session, exitstatus):
 @pytest.fixture(scope="session")
 def reproduce_smoke_run(tmp_path_factory):
     """`rtchunk reproduce --preset smoke`, interrupted after its data stage and resumed (tests/reproduce_run.py);
-    tests/test_kinetix_reproduce.py checks it, and runs `rtchunk demo` on it."""
+    tests/test_kinetix_reproduce.py checks it."""
     from reproduce_run import interrupted_then_resumed
 
     return interrupted_then_resumed(tmp_path_factory.mktemp("reproduce"))

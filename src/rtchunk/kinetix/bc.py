@@ -305,20 +305,21 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, "FlowPolicy", dict],
 
 def quick_evaluator(num_envs: int, seed: int = 0):
     """``evaluate(level, policy, data_meta) -> {"solve_rate", ...}``: the flow policy in the environment its
-    data came from, naive sampling at d = 0 and s = H/2 (a training-progress signal, not a benchmark)."""
-    import flax.nnx as nnx
-    import jax
-
-    from rtchunk.delays import FixedDelay
-    from rtchunk.kinetix import envs as envs_lib
-    from rtchunk.kinetix import harness
-    from rtchunk.kinetix import levels as levels_lib
-    from rtchunk.kinetix.chunk_fns import policy_chunk_fn
-    from rtchunk.sampling import Naive
-
+    data came from, naive sampling at d = 0 and s = H/2 (a training-progress signal, not a benchmark).
+    Kinetix loads at the first call, after ``train_policy`` has checked its inputs (seconds sooner an error)."""
     cache = {}
 
     def evaluate(name: str, policy, meta: dict) -> dict:
+        import flax.nnx as nnx
+        import jax
+
+        from rtchunk.delays import FixedDelay
+        from rtchunk.kinetix import envs as envs_lib
+        from rtchunk.kinetix import harness
+        from rtchunk.kinetix import levels as levels_lib
+        from rtchunk.kinetix.chunk_fns import policy_chunk_fn
+        from rtchunk.sampling import Naive
+
         if name not in cache:
             level = levels_lib.load_level(meta["level_source"])
             env_config = envs_lib.EnvConfig(**meta["env"]) if "env" in meta else envs_lib.POLICY_ENV
