@@ -97,7 +97,8 @@ def test_every_stage_leaves_its_output(smoke_run):
     assert len(_rows(report / "results.csv")) == len(rows)
     text = summary.read_text()
     for part in ("rtchunk reproduce --preset smoke", "seed: 0", "## Solve rate, s = max(d, 1)",
-                 "## Solve rate at d = 1, every s", "## Mean seam jump / max ||Δ²a||", "## Multimodality and guidance",
+                 "## Solve rate at d = 1, every s", "## The papers' claims", "RTC > naive at every d >= 1",
+                 "## Mean seam jump / max ||Δ²a||", "## Multimodality and guidance",
                  "## Experts (how far each seed got)", "temporal_ensembling", "trained_prefix"):
         assert part in text, part
 

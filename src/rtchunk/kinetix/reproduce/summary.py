@@ -93,6 +93,24 @@ def expert_table(rows: list[dict]) -> str | None:
                           "final solve rate", "in the mixture"], body)
 
 
+def claims_section(rates, panel: str, levels: list[str], title: str) -> list[str]:
+    """The papers' claims judged on ``panel`` (``rtchunk.kinetix.claims``), with per-level counts when pooled."""
+    from rtchunk.kinetix import claims
+
+    points = [k[1:] for k in rates if k[0] == panel]
+    methods = {m for m, _, _ in points}
+    delays = sorted({d for m, d, s in points if s == max(d, 1)})
+    horizon_s = sorted({s for m, d, s in points if m == "rtc" and d == 1})
+    found = claims.paper_claims(methods, delays, horizon_s)
+    if not found:
+        return []
+    table = claims.claims_table(rates, panel, found, levels if len(levels) > 1 else [])
+    return [f"## The papers' claims ({title})", "",
+            "Reproduced: every comparison's intervals apart in the claimed direction; not reproduced: at least one "
+            "apart the other way; inconclusive: otherwise (overlapping intervals never count as support).", "",
+            table, ""]
+
+
 def write_summary(config: ReproduceConfig, names: list[str], files: dict[str, Path], command: str) -> Path:
     """The report over every level with results: ``kinetix.report``'s plots and tables on all levels' rows,
     and summary.md around them."""
@@ -142,6 +160,7 @@ def write_summary(config: ReproduceConfig, names: list[str], files: dict[str, Pa
         table = report.delay_table(rates, panel)
         if table:
             parts += [f"## Solve rate, s = max(d, 1) ({title})", "", table, ""]
+        parts += claims_section(rates, panel, complete, title)
         if config.horizon_sweep_delay is not None:
             d1 = config.horizon_sweep_delay
             for p in ([panel] + (complete if len(complete) > 1 else [])):
