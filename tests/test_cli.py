@@ -168,7 +168,7 @@ CASES = [
     (["demo", "--out-dir", "{out}/demo", "--eval.methods", "rtcc"], "--eval.methods: unknown 'rtcc' (did you mean 'rtc'?)"),
     (["demo", "--out-dir", "{out}/demo", "--finetune.simulated-delay", "0"],
      "--finetune.simulated-delay must be in [1, horizon=8]"),
-    (["demo", "--out-dir", "{out}/demo", "--min-experts", "9"], "--min-experts must be in [1, 4]"),
+    (["demo", "--out-dir", "{out}/demo", "--min-experts", "9"], "--min-experts must be in [1, 8]"),
     (["sample-demo", "--inference-delay", "9"], "--inference-delay must be in [0, H - execute_horizon = 5]"),
     (["reproduce", "--out-dir", "{out}/r", "--min-experts", "99"], "--min-experts must be in [1, 16]"),
     (["reproduce", "--out-dir", "{out}/r", "--bc.out-dir", "x"], "--bc.out-dir is set by rtchunk reproduce"),

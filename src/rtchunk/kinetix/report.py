@@ -104,6 +104,9 @@ def plot(rates, path: Path, x_of, select, xlabel: str, title: str) -> Path | Non
     height = 2.9 * rows_n + legend_in
     fig, axes = plt.subplots(rows_n, cols, figsize=(3.6 * cols, height), squeeze=False, sharey=True)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    # Methods often tie (hard masking and RTC at d = H - s): each gets its own marker and dash, and later
+    # ones are drawn thinner on top, so a line under another still shows.
+    markers, dashes = "osD^vP*X", ["-", "--", "-.", ":"]
     for ax, panel in zip(axes.flat, panels):
         for i, method in enumerate(methods):
             points = sorted((x_of(k), r) for k, r in rates.items() if k[0] == panel and k[1] == method and select(k))
@@ -113,7 +116,9 @@ def plot(rates, path: Path, x_of, select, xlabel: str, title: str) -> Path | Non
             y = np.array([p[1].rate for p in points])
             lo, hi = np.array([p[1].interval for p in points]).T
             color = colors[i % len(colors)]
-            ax.plot(x, y, marker="o", ms=3, color=color, label=method)
+            ax.plot(x, y, marker=markers[i % len(markers)], ms=6 - 3 * i / max(1, len(methods) - 1),
+                    linestyle=dashes[i % len(dashes)], lw=2.4 - 1.2 * i / max(1, len(methods) - 1), color=color,
+                    label=method, zorder=2 + i)
             ax.fill_between(x, lo, hi, color=color, alpha=0.15, linewidth=0)
         ax.set_title(panel, fontweight="bold" if panel == AVERAGE else None)
         ax.set_xlabel(xlabel)
