@@ -12,7 +12,11 @@ import math
 import numpy as np
 
 
-def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+Z95 = 1.959963984540054
+"""The standard normal's 97.5 % quantile: two-sided 95 % intervals."""
+
+
+def wilson_interval(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion (95 % by default); (0, 1) when there are no trials."""
     if trials < 0 or successes < 0 or successes > trials:
         raise ValueError(f"need 0 <= successes <= trials, got successes={successes}, trials={trials}")

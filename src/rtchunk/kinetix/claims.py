@@ -18,6 +18,7 @@ import math
 from typing import Literal, Mapping
 
 from rtchunk.kinetix.report import Rate
+from rtchunk.metrics import Z95
 
 Point = tuple[str, int, int]  # (method, d, s)
 
@@ -62,17 +63,23 @@ def paper_claims(methods: set[str], delays: list[int], horizon_s: list[int]) -> 
     def above(a: str, b: str, ds) -> tuple[Comparison, ...]:
         return tuple(Comparison((a, d, _s(d)), (b, d, _s(d)), label=f"d = {d}") for d in ds)
 
-    def trend(a: str, b: str, d_hi: int, d_lo: int, label: str) -> Comparison:
-        # (a - b) at d_hi minus (a - b) at d_lo > 0
-        return Comparison(((a, d_hi, _s(d_hi)), (b, d_hi, _s(d_hi))), ((a, d_lo, _s(d_lo)), (b, d_lo, _s(d_lo))),
-                          label=label)
+    def trend(a: str, b: str, d_big: int, d_small: int, label: str) -> Comparison:
+        # (a - b) at d_big minus (a - b) at d_small > 0: the gap is larger at d_big
+        return Comparison(((a, d_big, _s(d_big)), (b, d_big, _s(d_big))),
+                          ((a, d_small, _s(d_small)), (b, d_small, _s(d_small))), label=label)
+
+    def with_trend(a: str, b: str, text: str, trend_text: str, later_larger: bool) -> None:
+        # "a > b at every d >= 1", then how the gap moves between the smallest and the largest d: trend_text
+        # names the d where it should be larger first.
+        claims.append(Claim(text, above(a, b, positive)))
+        if len(positive) > 1:
+            first, second = (positive[-1], positive[0]) if later_larger else (positive[0], positive[-1])
+            claims.append(Claim(trend_text.format(first, second),
+                                (trend(a, b, first, second, f"gap at d = {first} - gap at d = {second}"),)))
 
     if {"rtc", "naive"} <= methods and positive:
-        claims.append(Claim("RTC > naive at every d >= 1", above("rtc", "naive", positive)))
-        if len(positive) > 1:
-            lo, hi = positive[0], positive[-1]
-            claims.append(Claim(f"the RTC - naive gap widens with d (d = {hi} against d = {lo})",
-                                (trend("rtc", "naive", hi, lo, f"gap at d = {hi} - gap at d = {lo}"),)))
+        with_trend("rtc", "naive", "RTC > naive at every d >= 1",
+                   "the RTC - naive gap widens with d (d = {} against d = {})", later_larger=True)
     if {"bid", "naive"} <= methods and positive:
         claims.append(Claim("BID > naive at every d >= 1", above("bid", "naive", positive)))
     if {"rtc", "bid"} <= methods and positive:
@@ -83,11 +90,8 @@ def paper_claims(methods: set[str], delays: list[int], horizon_s: list[int]) -> 
             Comparison((m, d, _s(d)), ("temporal_ensembling", d, _s(d)), label=f"{NAMES.get(m, m)}, d = {d}")
             for d in delays for m in others)))
     if {"rtc", "hard_mask"} <= methods and positive:
-        claims.append(Claim("soft masking (RTC) >= hard masking at every d >= 1", above("rtc", "hard_mask", positive)))
-        if len(positive) > 1:
-            lo, hi = positive[0], positive[-1]
-            claims.append(Claim(f"soft masking's advantage is largest at small d (d = {lo} against d = {hi})",
-                                (trend("rtc", "hard_mask", lo, hi, f"gap at d = {lo} - gap at d = {hi}"),)))
+        with_trend("rtc", "hard_mask", "soft masking (RTC) >= hard masking at every d >= 1",
+                   "soft masking's advantage is largest at small d (d = {} against d = {})", later_larger=False)
     if "rtc" in methods and len(horizon_s) > 1:
         lo, hi = min(horizon_s), max(horizon_s)
         claims.append(Claim(f"at d = 1, RTC improves as s shrinks (s = {lo} against s = {hi})",
@@ -117,7 +121,7 @@ def judge(comparison: Comparison, rates: Mapping, panel: str) -> Outcome:
             return Outcome(c, "missing", "not evaluated")
         p = [r.rate for r in got]
         diff = (p[0] - p[1]) - (p[2] - p[3])
-        half = 1.959963984540054 * math.sqrt(sum(r.rate * (1 - r.rate) / r.trials for r in got))
+        half = Z95 * math.sqrt(sum(r.rate * (1 - r.rate) / r.trials for r in got))
         result = "holds" if diff - half > 0 else "reversed" if diff + half < 0 else "overlap"
         return Outcome(c, result, f"{p[0] - p[1]:+.3f} vs {p[2] - p[3]:+.3f}: {diff:+.3f} [{diff - half:+.3f}, "
                                   f"{diff + half:+.3f}]")
