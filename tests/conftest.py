@@ -1,7 +1,6 @@
 """Test-wide setup: both CPU cores as JAX devices, and a persistent compilation cache."""
 
 import os
-from pathlib import Path
 
 # Must happen before JAX initialises its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
@@ -13,8 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-_CACHE = Path(os.environ.get("RTCHUNK_JAX_CACHE", Path(__file__).resolve().parents[1] / ".jax_cache"))
-jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+from cache_dirs import jax_cache  # noqa: E402
+
+# Subprocesses started by tests (the policy server) read the same cache through the environment.
+os.environ["RTCHUNK_JAX_CACHE"] = str(jax_cache())
+jax.config.update("jax_compilation_cache_dir", os.environ["RTCHUNK_JAX_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

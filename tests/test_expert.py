@@ -123,3 +123,26 @@ def test_checkpoint_videos_show_the_first_seeds_expert(tmp_path, monkeypatch):
     assert all(shape == (17, 4, 3 * 4 + 2 * 4, 3) for _, shape in written)
     np.testing.assert_allclose(rendered[0][0], (1.0, -0.5))  # level a's own arrays
     np.testing.assert_allclose(rendered[1][0], (-0.5, 0.8))
+
+
+def test_stop_at_solve_rate_ends_the_run_once_every_learner_reached_it(tmp_path):
+    # Targets at the start point: a policy that barely moves solves them, so every learner does at once.
+    env = ToyEnv()
+    near = toy_level(target=(0.0, 0.0))
+    levels = jax.tree.map(lambda x, y: np.stack([x, y]), near, near)
+
+    def train(settings=SETTINGS):
+        return expert.train_experts(env, levels, ["a", "b"], settings, tmp_path / "early", num_motors=env.num_motors,
+                                    episode_steps=env.horizon)
+
+    early = dataclasses.replace(SETTINGS, stop_at_solve_rate=0.5)
+    out = train(early)
+    assert [p.name for p in expert.checkpoint_dirs(out)] == ["update_000003"]
+    assert expert.run_finished(out, early) and not expert.run_finished(out, SETTINGS)
+    train(early)  # a rerun reads it and stops at once
+    assert len(expert.checkpoint_dirs(out)) == 1
+    train()  # without the stop (free to change on resume) it trains on to the budget
+    assert [p.name for p in expert.checkpoint_dirs(out)][-1] == "update_000006"
+    assert expert.run_finished(out, SETTINGS)
+    with pytest.raises(ValueError, match="stop_at_solve_rate"):
+        dataclasses.replace(SETTINGS, stop_at_solve_rate=0.0)

@@ -1,7 +1,8 @@
 """The stock openpi-client (0.1.2, in its own virtual environment with numpy < 2) against `rtchunk serve`
 over a real socket: naive and RTC requests, the API key header, and the in-process sampler's chunks.
 
-The environment is created once at ``.venvs/openpi-client`` in the repository (git-ignored) and reused.
+The environment is created once in the test cache (``tests/cache_dirs.py``: ~/.cache/rtchunk/tests/venvs) and
+reused, also by later clones.
 Creating it needs PyPI; where that fails the test fails under CI and is skipped elsewhere.
 """
 
@@ -17,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cache_dirs import openpi_client_venv
 from serving_helpers import ACT, H, OBS, subprocess_env, write_checkpoints
 
-REPO = Path(__file__).resolve().parents[1]
-VENV = REPO / ".venvs" / "openpi-client"
+VENV = openpi_client_venv()
 REQUIREMENTS = ["openpi-client==0.1.2", "numpy<2", "typing_extensions"]
 SEED, DELAY, EXECUTE = 42, 3, 3
 API_KEY = "test-key"
@@ -82,8 +83,7 @@ def served(tmp_path_factory):
     """`rtchunk serve` in a subprocess on a free port; yields (port, checkpoint paths)."""
     paths = write_checkpoints(tmp_path_factory.mktemp("openpi_ckpt"))
     env = subprocess_env()
-    cache = os.environ.get("RTCHUNK_JAX_CACHE", str(REPO / ".jax_cache"))
-    env.setdefault("JAX_COMPILATION_CACHE_DIR", cache)
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["RTCHUNK_JAX_CACHE"])  # set by conftest
     env.setdefault("JAX_PLATFORMS", "cpu")
     proc = subprocess.Popen(
         [sys.executable, "-m", "rtchunk.cli", "serve", "--policy-dir", str(paths["run"]), "--port", "0",

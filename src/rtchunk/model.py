@@ -191,7 +191,9 @@ def flow_matching_loss(
         raise ValueError(f"max_delay must be < horizon ({horizon}) so a postfix remains, got {delays.max_delay}")
     noise_rng, time_rng, delay_rng = jax.random.split(rng, 3)
     noise = jax.random.normal(noise_rng, actions.shape, actions.dtype)
-    tau = jnp.broadcast_to(jax.random.uniform(time_rng, (batch, 1)), (batch, horizon))
+    # One time per sample, [B, 1]: the model then embeds and modulates per sample, not per token (the time
+    # conditioning is most of a small model's cost); with delays the prefix's tau = 1 makes it per token.
+    tau = jax.random.uniform(time_rng, (batch, 1))
     if delays is None:
         postfix = jnp.ones((batch, horizon), bool)
     else:

@@ -3,7 +3,8 @@
 Flow matching on chunks of H consecutive expert actions (zeroed after the episode's end), AdamW 3e-4
 with weight decay 1e-2, 1000 warm-up steps, gradient clipping at 10, batch 512, 32 epochs (the papers'
 settings). All levels train together: their weights are stacked, the update is vmapped over levels and
-the level axis is sharded over the devices. Optional training-time RTC (``simulated_delay``): the first
+the level axis is sharded over the devices (or, when the levels do not split evenly over them, as one level
+on two devices, each level's batch is). Optional training-time RTC (``simulated_delay``): the first
 d tokens of each chunk are given clean, d drawn from ``TrainingDelays``.
 
 Every epoch writes, atomically, one policy checkpoint per level (``<out>/<level>/epoch_XXX``) and the
@@ -102,9 +103,11 @@ def make_optimizer(config: BCConfig):
     )
 
 
-def make_train_steps(graphdef, optimizer, delays: TrainingDelays | None, batch_size: int, horizon: int):
+def make_train_steps(graphdef, optimizer, delays: TrainingDelays | None, batch_size: int, horizon: int,
+                     batch_sharding=None):
     """``run(params, opt_state, data, perm, start, rng, num_steps) -> (params, opt_state, mean_loss)`` for
-    one level; ``perm`` is the epoch's sample order, ``start`` the first update index within it."""
+    one level; ``perm`` is the epoch's sample order, ``start`` the first update index within it.
+    ``batch_sharding`` (``parallel.batch_sharding``): split each batch's samples over devices."""
     import flax.nnx as nnx
     import jax
     import jax.numpy as jnp
@@ -121,6 +124,8 @@ def make_train_steps(graphdef, optimizer, delays: TrainingDelays | None, batch_s
         env_idx, step_idx = idx // num_steps_in_data, idx % num_steps_in_data
         chunk = dataset_lib.chunk_actions(action, left, env_idx, step_idx, horizon)
         step_obs = obs[env_idx, step_idx]
+        if batch_sharding is not None:
+            step_obs, chunk = (jax.lax.with_sharding_constraint(x, batch_sharding) for x in (step_obs, chunk))
         key = jax.random.fold_in(rng, i)
 
         def loss_fn(p):
@@ -240,10 +245,14 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, "FlowPolicy", dict],
         np.stack([d.action for d, _ in datasets]),
         np.stack([dataset_lib.steps_left(d.done) for d, _ in datasets]),
     )
-    placement = parallel.level_sharding(len(names))
+    split_batch = parallel.batch_sharding(len(names), config.batch_size)
+    if split_batch is None:
+        placement = parallel.level_sharding(len(names))
+    else:  # every device holds all of it and computes its share of each batch
+        placement = jax.sharding.NamedSharding(split_batch.mesh, jax.sharding.PartitionSpec())
     data, params, opt_state = jax.device_put((data, params, opt_state), placement)
 
-    run_steps = make_train_steps(graphdef, optimizer, delays, config.batch_size, model_config.horizon)
+    run_steps = make_train_steps(graphdef, optimizer, delays, config.batch_size, model_config.horizon, split_batch)
     steps_per_call = max(1, min(steps_per_epoch, 50))
     compiled = {}
 

@@ -53,6 +53,9 @@ class TrainerSettings:
     video_envs: int = 0
     """At every checkpoint, an mp4 per level of the first seed's deterministic expert on this many
     environments side by side (videos/<level>_update_XXXXXX.mp4); 0 = no videos."""
+    stop_at_solve_rate: float | None = None
+    """Stop before the budget once every learner has reached this solve rate at some checkpoint (its best
+    is what ``select_experts`` takes), e.g. the mixture's threshold; None: train the whole budget."""
     compact_obs: bool = False
     """The experts observe the shrunk level (``EnvConfig.compact_obs``; needs shrinking): the same
     information in a fraction of the inputs, and the same networks as on the papers' full-layout frames
@@ -68,6 +71,8 @@ class TrainerSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_eval_envs < 0:
             raise ValueError(f"num_eval_envs must be >= 0, got {self.num_eval_envs}")
+        if self.stop_at_solve_rate is not None and not 0.0 < self.stop_at_solve_rate <= 1.0:
+            raise ValueError(f"stop_at_solve_rate must be in (0, 1] or None, got {self.stop_at_solve_rate}")
 
 
 def expert_env(settings: TrainerSettings, *, shrink: bool, max_timesteps: int):
@@ -112,7 +117,8 @@ def train_experts(
            "obs_dim": env.obs_dim, "action_dim": env.action_dim, **(run_info or {})}
     resume_key = to_jsonable({**run, "settings": dataclasses.replace(settings, progress=True)})
     resume_key["settings"].pop("ppo")
-    resume_key["settings"].pop("video_envs")  # videos do not shape the results: free to change on resume
+    for free in ("video_envs", "stop_at_solve_rate"):  # change what is kept or when to stop, not the results
+        resume_key["settings"].pop(free)
     resume_key["ppo"] = {k: v for k, v in to_jsonable(cfg).items() if k != "total_timesteps"}
     results.check_run_file(out / RUN_FILE, resume_key)
     results.write_run_file(out / RUN_FILE, resume_key, **to_jsonable(run))
@@ -148,7 +154,13 @@ def train_experts(
         return jax.vmap(lambda p, lv, k: ppo.evaluate_expert(env, p, lv, k, settings.num_eval_envs, num_motors,
                                                              episode_steps))(params, learner_levels, keys)
 
-    if settings.num_eval_envs > 0 and start < cfg.num_updates:  # both programs compile side by side
+    # Each learner's best checkpoint solve rate so far (for stop_at_solve_rate; also after a resume).
+    best = best_solve_rates(out, names, num_seeds)
+
+    def all_solved() -> bool:
+        return _reached(best, settings.stop_at_solve_rate)
+
+    if settings.num_eval_envs > 0 and start < cfg.num_updates and not all_solved():  # compile side by side
         mask = jnp.arange(settings.updates_per_call) < settings.updates_per_call
         parallel.precompile([(many_updates, (runner, learner_levels, mask)),
                              (evaluate, (runner.params, learner_levels, jax.random.key(0)))])
@@ -206,13 +218,14 @@ def train_experts(
                     solved = [r["solve_rate"] for r in rows if r["level"] == name]
                     print(f"  update {update_index}: {name} solve rate per seed {np.round(solved, 2).tolist()}")
         checkpoints.save(out / RUNNER, host, {"kind": "ppo_runner", "update": update_index})
+        return rows if with_checkpoint else []
 
     total = cfg.num_updates
     bar = tqdm(total=total, initial=start, desc="PPO updates", unit="upd", disable=not settings.progress)
     last_saved = start
     try:
         done = start
-        while done < total:
+        while done < total and not all_solved():
             n = min(settings.updates_per_call, total - done,
                     settings.checkpoint_every - done % settings.checkpoint_every)
             mask = jnp.arange(settings.updates_per_call) < n
@@ -228,8 +241,11 @@ def train_experts(
             bar.set_postfix(train_solve=f"{solve:.2f}",
                             sps=f"{n * cfg.steps_per_update * num_learners / (time.perf_counter() - started):.0f}")
             if done % settings.checkpoint_every == 0 or done == total:
-                save(done, with_checkpoint=True)
+                best = np.maximum(best, [r["solve_rate"] for r in save(done, with_checkpoint=True)])
                 last_saved = done
+                if all_solved() and done < total and settings.progress:
+                    print(f"  every seed has reached solve rate {settings.stop_at_solve_rate}: stopping at update "
+                          f"{done} of {total}")
     except KeyboardInterrupt:
         if int(jax.device_get(runner.update)) > last_saved:
             save(int(jax.device_get(runner.update)), with_checkpoint=False)
@@ -252,6 +268,32 @@ def train_on_levels(level_list, env_config, settings: TrainerSettings, out_dir: 
         num_motors=level_list[0].static_env_params.num_motor_bindings, episode_steps=env_config.max_timesteps,
         run_info={"level_specs": [lvl.source for lvl in level_list], "env": env_config}, log=log,
     )
+
+
+def best_solve_rates(out_dir: Path, names: Sequence[str], num_seeds: int) -> np.ndarray:
+    """[levels * seeds] (level-major): each learner's best solve rate over a run's checkpoints (0 if none)."""
+    best = np.zeros(len(names) * num_seeds)
+    for path in checkpoint_dirs(out_dir):
+        for row in checkpoints.load_meta(path)["stats"]:
+            j = list(names).index(row["level"]) * num_seeds + int(row["seed"])
+            best[j] = max(best[j], row["solve_rate"])
+    return best
+
+
+def _reached(best: np.ndarray, stop_at: float | None) -> bool:
+    return stop_at is not None and bool(np.all(best >= stop_at))
+
+
+def run_finished(out_dir: Path, settings: TrainerSettings) -> bool:
+    """Whether an expert run is over: it reached its last update, or every learner reached
+    ``settings.stop_at_solve_rate`` (then it is read, not resumed)."""
+    done = checkpoint_dirs(out_dir)
+    if not done:
+        return False
+    if int(checkpoints.load_meta(done[-1])["update"]) >= settings.ppo.num_updates:
+        return True
+    names = read_json(Path(out_dir) / RUN_FILE, "expert run file")["names"]
+    return _reached(best_solve_rates(out_dir, names, settings.num_seeds), settings.stop_at_solve_rate)
 
 
 def _stat_rows(stats: dict[str, np.ndarray], names, num_seeds, update_index, env_steps):

@@ -64,6 +64,20 @@ def level_sharding(n: int):
     return SingleDeviceSharding(devices[0])
 
 
+def batch_sharding(num_levels: int, batch_size: int):
+    """For a stacked [levels, ...] training step whose level axis cannot be split evenly over this process's
+    devices (one level on two devices): the sharding of one level's batch [B, ...] over all of them, so every
+    device computes a share of the samples (XLA then sums the gradients across devices). None when the level
+    axis shards (``level_sharding``), on one device, or when the batch does not divide evenly."""
+    import jax
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = jax.local_devices()
+    if len(devices) < 2 or num_levels % len(devices) == 0 or batch_size % len(devices):
+        return None
+    return NamedSharding(Mesh(np.array(devices), ("batch",)), PartitionSpec("batch"))
+
+
 def process_subdir() -> str:
     """'' for a single process, else 'process_I_of_P': where one process of a multi-host run writes."""
     import jax

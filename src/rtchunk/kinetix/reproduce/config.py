@@ -113,6 +113,10 @@ class ReproduceConfig:
                              f"got {self.min_experts}")
         if self.experts.compact_obs and not self.shrink:
             raise ValueError("--experts.compact-obs observes the shrunk level: it needs --shrink")
+        stop = self.experts.stop_at_solve_rate
+        if stop is not None and stop < self.threshold:
+            raise ValueError(f"--experts.stop-at-solve-rate must be in [--threshold = {self.threshold}, 1] or None "
+                             f"(it would stop before the seeds qualify), got {stop}")
         if self.experts.seed != TrainerSettings().seed:
             raise ValueError("--experts.seed is set from --seed by rtchunk reproduce; leave it out")
         template = _default_bc()

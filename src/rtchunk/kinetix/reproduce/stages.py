@@ -10,7 +10,6 @@ from typing import Callable
 
 from rtchunk.kinetix import results
 from rtchunk.kinetix.bc import BCConfig
-from rtchunk.kinetix.expert import TrainerSettings
 from rtchunk.kinetix.reproduce.config import ReproduceConfig
 from rtchunk.kinetix.reproduce.layout import LevelDirs
 from rtchunk.kinetix.sweep import EvalConfig
@@ -72,15 +71,6 @@ def pooled_selection(config: ReproduceConfig, dirs: LevelDirs) -> list[dict]:
     return chosen
 
 
-def round_finished(run_dir: Path, settings: TrainerSettings) -> bool:
-    """Whether an expert run reached its last update (then it is read, not resumed: no physics to trace)."""
-    from rtchunk import checkpoints
-    from rtchunk.kinetix import expert
-
-    done = expert.checkpoint_dirs(run_dir)
-    return bool(done) and int(checkpoints.load_meta(done[-1])["update"]) >= settings.ppo.num_updates
-
-
 def run_experts(config: ReproduceConfig, level_file: Path, dirs: LevelDirs, log: Log) -> dict:
     """Expert rounds until ``min_experts`` seeds solve (or the rounds run out); writes experts.csv."""
     import dataclasses as dc
@@ -99,7 +89,7 @@ def run_experts(config: ReproduceConfig, level_file: Path, dirs: LevelDirs, log:
             log(f"{dirs.name}: {solving} of {len(rows)} seeds reached solve rate {config.threshold:.2f} (needs "
                 f"{config.min_experts}): training {config.experts.num_seeds} more (round {r})")
         settings = dc.replace(config.experts, seed=config.seed + 1000 * r, progress=config.progress)
-        if not round_finished(dirs.experts(r), settings):
+        if not expert.run_finished(dirs.experts(r), settings):  # else read it: no physics to trace
             if level is None:
                 level = levels_lib.load_level(level_file)
             expert.train_on_levels([level], env_config, settings, dirs.experts(r))
