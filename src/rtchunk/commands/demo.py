@@ -40,8 +40,8 @@ PRESETS = {
         min_experts=3,
         extra_seed_rounds=1,
         data=DataSettings(steps_per_level=100_000, num_envs=256),
-        # The cpu preset's BC (8 epochs) and fine-tune (2 epochs from epoch 6): both policies have trained
-        # 8 epochs, so training-time RTC is not ahead for having trained longer.
+        # The cpu preset's BC (10 epochs) and fine-tune (2 epochs from epoch 8): both policies have trained
+        # 10 epochs, so training-time RTC is not ahead for having trained longer.
         weak_epoch=0,
         eval=EvalConfig(methods=DEMO_METHODS, num_envs=128, video_envs=4,
                         video_rows=tuple(f"{m}:4" for m in ("naive", "rtc"))),
