@@ -10,7 +10,7 @@
    training-time RTC's prefix conditioning, and with each batch split over both devices.
 3. The demo's wall time per stage, read from a finished `rtchunk demo` run (``--demo-dir``).
 
-    python benchmarks/bench_pipeline.py [--ppo-updates 4] [--bc-steps 20] [--demo-dir runs/demo]
+    python benchmarks/bench_pipeline.py [--ppo-updates 4] [--bc-steps 20] [--demo-dir runs/demo] [--skip-ppo]
 """
 
 from __future__ import annotations
@@ -131,11 +131,18 @@ def main():
     parser.add_argument("--ppo-updates", type=int, default=4)
     parser.add_argument("--bc-steps", type=int, default=20)
     parser.add_argument("--demo-dir", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--skip-ppo", action="store_true", help="only behaviour cloning and the demo's stages")
     args = parser.parse_args()
     print(f"JAX {jax.__version__}, devices: {jax.device_count()} x {jax.devices()[0].platform}")
+    if not args.skip_ppo:
+        report_ppo(args.ppo_updates)
+    report_bc(args.bc_steps)
+    report_demo(args.demo_dir)
 
+
+def report_ppo(updates: int) -> None:
     print("\nPPO environment steps/s (rollout + 4 epochs x 4 minibatches), shrunk h17_unicycle, 256 envs x 64 steps:")
-    rates = bench_ppo(args.ppo_updates)
+    rates = bench_ppo(updates)
     for name, sps in rates.items():
         print(f"  {name:<60} {sps:>10,.0f} steps/s")
     full_one, full_two, compact_one, compact_two = rates.values()
@@ -144,23 +151,28 @@ def main():
     print(f"  compact observation vs full layout: {compact_one / full_one:.2f}x (1 learner), "
           f"{compact_two / full_two:.2f}x (2 learners)")
 
+
+def report_bc(steps: int) -> None:
     for label, model in (("paper model 256/512/64 x 4 layers", ModelConfig()),
                          ("demo model 128/256/32 x 2 layers", DEMO_MODEL)):
         print(f"\nBehaviour cloning samples/s, batch 512, {label} (one device unless split):")
-        rates = bench_bc(model, args.bc_steps)
+        rates = bench_bc(model, steps)
         base = rates["split input projection"]
         for name, sps in rates.items():
             print(f"  {name:<28} {sps:>9,.0f} samples/s  ({base / sps:.2f}x the time of split)" if name != "split input projection"
                   else f"  {name:<28} {sps:>9,.0f} samples/s")
 
-    records = sorted((args.demo_dir / "levels").glob("*/done/*.json"), key=lambda p: p.stat().st_mtime)
+
+def report_demo(demo_dir: Path) -> None:
+    records = sorted((demo_dir / "levels").glob("*/done/*.json"), key=lambda p: p.stat().st_mtime)
     if records:
-        print(f"\nDemo wall time per stage ({args.demo_dir}/levels/<level>/done/):")
+        print(f"\nDemo wall time per stage ({demo_dir}/levels/<level>/done/):")
         for path in records:
             data = json.loads(path.read_text())
             print(f"  {data['level']:<16} {data['stage']:<12} {data['seconds']:>7.0f} s")
     else:
-        print(f"\n(no finished demo at {args.demo_dir}: run `rtchunk demo` for its stage times)")
+        print(f"\n(no finished demo at {demo_dir}: run `rtchunk demo` for its stage times)")
+
 
 if __name__ == "__main__":
     main()

@@ -13,35 +13,10 @@ interruption. Results: ``<out>/k<k>/eval/results.csv``, ``<out>/diagnostics.csv`
 from __future__ import annotations
 
 import argparse
-import csv
-import subprocess
 import sys
 from pathlib import Path
 
-
-def rtchunk(*args: str) -> None:
-    cmd = [sys.executable, "-m", "rtchunk.cli", *args]
-    print("+ rtchunk " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True)
-
-
-def diagnostics(policy_dir: Path, data_dir: Path, level: str, n: int, seed: int, s: int, d: int) -> dict:
-    """Mean chunk spread over ``n`` observations of the data, and RTC's mean guidance change at (d, s)
-    (``rtchunk reproduce``'s diagnostics stage, ``kinetix.reproduce.diagnose``)."""
-    import jax
-    import numpy as np
-
-    from rtchunk.kinetix import dataset, policy_store
-    from rtchunk.kinetix.reproduce.diagnose import measure_policy, observation_pairs
-    from rtchunk.methods import RTC
-
-    policy, _ = policy_store.load_policy(policy_store.find_checkpoint(policy_dir, level))
-    data, _ = dataset.load(data_dir / level)
-    env, t = observation_pairs(data.done, n, s, np.random.default_rng(seed))
-    figures = {(metric, dd): np.asarray(values).mean() for metric, _, dd, _, values in measure_policy(
-        policy, data.obs, env, t, [(d, s)], [("rtc", RTC())], jax.random.key(seed), num_samples=8, num_steps=5)}
-    return {"chunk_spread": float(figures[("chunk_spread", "")]),
-            "rtc_guidance_change": float(figures[("guidance_change", d)]), "observations": n}
+from ablation_common import diagnostics, rtchunk, solve_table, write_csv
 
 
 def main() -> int:
@@ -75,21 +50,9 @@ def main() -> int:
                 "--policy-dir", str(root / "policy"), "--shrink", "--seed", str(args.seed))
         rows.append({"experts": k, **diagnostics(root / "policy", root / "data", args.level, 512, args.seed, s=3, d=2)})
         print(rows[-1], flush=True)
-    with open(args.out / "diagnostics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    lines = ["| experts | method | " + " | ".join(f"d = {d}" for d in range(5)) + " |", "|---|---|" + "---|" * 5]
-    for k in args.mixtures:
-        with open(args.out / f"k{k}" / "eval" / "results.csv") as f:
-            res = list(csv.DictReader(f))
-        for m in args.methods:
-            cells = []
-            for d in range(5):
-                r = next((r for r in res if r["method"] == m and int(r["d"]) == d), None)
-                cells.append("-" if r is None else f"{float(r['solve_rate']):.3f} [{float(r['solve_rate_low']):.3f}, "
-                                                   f"{float(r['solve_rate_high']):.3f}]")
-            lines.append(f"| {k} | {m} | " + " | ".join(cells) + " |")
+    write_csv(args.out / "diagnostics.csv", rows)
+    lines = solve_table("experts", [(str(k), args.out / f"k{k}" / "eval" / "results.csv") for k in args.mixtures],
+                        args.methods)
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -106,3 +106,42 @@ def test_prefix_training_fine_tune_from_checkpoint(data_dir, tmp_path):
             _config(data_dir, tmp_path / "x", **bad)
     with pytest.raises(ValueError, match="no dataset"):
         bc.train_policy(_config(data_dir, tmp_path / "y", levels=("missing",)))
+
+
+def test_one_level_splits_its_batch_over_the_devices_to_the_same_weights(data_dir, tmp_path, monkeypatch):
+    import jax
+
+    from rtchunk.kinetix import parallel
+
+    assert jax.device_count() == 2  # conftest: both CPU cores as devices
+    assert parallel.batch_sharding(1, 16) is not None  # one level on two devices: the batch splits
+    assert parallel.batch_sharding(2, 16) is None and parallel.batch_sharding(1, 15) is None  # levels split / odd
+    split = bc.train_policy(_config(data_dir, tmp_path / "split", levels=("lvl_a",), num_epochs=1))
+    monkeypatch.setattr(parallel, "batch_sharding", lambda *_: None)
+    whole = bc.train_policy(_config(data_dir, tmp_path / "whole", levels=("lvl_a",), num_epochs=1))
+    for name, array in _weights(whole, "lvl_a", 0).items():  # the same training, up to float summation order
+        np.testing.assert_allclose(_weights(split, "lvl_a", 0)[name], array, rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_ema_saves_the_debiased_average_and_resumes_exactly(data_dir, tmp_path):
+    one = dict(levels=("lvl_a",), num_epochs=2)
+    plain = bc.train_policy(_config(data_dir, tmp_path / "plain", **one))
+    # A vanishing decay averages over the last update only: the saved policy is the last weights.
+    last = bc.train_policy(_config(data_dir, tmp_path / "last", ema_decay=1e-6, **one))
+    for name, array in _weights(plain, "lvl_a", 1).items():
+        np.testing.assert_allclose(_weights(last, "lvl_a", 1)[name], array, rtol=1e-4, atol=1e-6, err_msg=name)
+    straight = bc.train_policy(_config(data_dir, tmp_path / "straight", ema_decay=0.9, **one))
+    averaged = _weights(straight, "lvl_a", 1)
+    assert any(not np.allclose(averaged[k], v) for k, v in _weights(plain, "lvl_a", 1).items())
+    # Training itself is unchanged: the optimiser's weights equal the plain run's.
+    like = checkpoints.load_arrays(plain / "train_state")
+    for name, array in checkpoints.load_arrays(straight / "train_state").items():
+        if name in like:
+            np.testing.assert_array_equal(array, like[name], err_msg=name)
+    resumed = tmp_path / "resumed"
+    bc.train_policy(_config(data_dir, resumed, ema_decay=0.9, levels=("lvl_a",), num_epochs=1))
+    bc.train_policy(_config(data_dir, resumed, ema_decay=0.9, **one))
+    for name, array in averaged.items():
+        np.testing.assert_array_equal(_weights(resumed, "lvl_a", 1)[name], array, err_msg=name)
+    with pytest.raises(ValueError, match="ema_decay"):
+        _config(data_dir, tmp_path / "x", ema_decay=1.0)

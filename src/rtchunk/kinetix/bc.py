@@ -56,6 +56,9 @@ class BCConfig:
     weight_decay: float = 1e-2
     warmup_steps: int = 1000
     grad_clip: float = 10.0
+    ema_decay: float | None = None
+    """Save an exponential moving average of the weights (this decay per update, zero-debiased) as each
+    epoch's policy instead of the last weights (the papers'); training itself is unchanged."""
     max_steps_per_epoch: int | None = None
     """Cap on updates per epoch (small CPU runs); None = one pass over the data."""
     simulated_delay: int | None = None
@@ -79,6 +82,8 @@ class BCConfig:
         for name in ("learning_rate", "grad_clip"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
         if self.simulated_delay is not None and not 1 <= self.simulated_delay <= self.model.horizon:
             raise ValueError(
                 f"simulated_delay must be in [1, horizon={self.model.horizon}] (delays 0..simulated_delay-1), "
@@ -104,10 +109,12 @@ def make_optimizer(config: BCConfig):
 
 
 def make_train_steps(graphdef, optimizer, delays: TrainingDelays | None, batch_size: int, horizon: int,
-                     batch_sharding=None):
-    """``run(params, opt_state, data, perm, start, rng, num_steps) -> (params, opt_state, mean_loss)`` for
-    one level; ``perm`` is the epoch's sample order, ``start`` the first update index within it.
-    ``batch_sharding`` (``parallel.batch_sharding``): split each batch's samples over devices."""
+                     batch_sharding=None, ema_decay: float | None = None):
+    """``run((params, opt_state, ema), data, perm, start, rng, num_steps) -> ((params, opt_state, ema),
+    mean_loss)`` for one level; ``perm`` is the epoch's sample order, ``start`` the first update index within
+    it. ``batch_sharding`` (``parallel.batch_sharding``): split each batch's samples over devices.
+    ``ema``: the running average of the weights (zeros at first; ``ema_weights`` debiases it), kept only
+    with ``ema_decay``."""
     import flax.nnx as nnx
     import jax
     import jax.numpy as jnp
@@ -117,7 +124,7 @@ def make_train_steps(graphdef, optimizer, delays: TrainingDelays | None, batch_s
     from rtchunk.model import flow_matching_loss
 
     def one_step(carry, i):
-        params, opt_state, data, perm, rng = carry
+        (params, opt_state, ema), data, perm, rng = carry
         obs, action, left = data
         num_steps_in_data = action.shape[1]
         idx = jax.lax.dynamic_slice(perm, (i * batch_size,), (batch_size,))
@@ -133,15 +140,24 @@ def make_train_steps(graphdef, optimizer, delays: TrainingDelays | None, batch_s
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state, data, perm, rng), loss
+        params = optax.apply_updates(params, updates)
+        if ema_decay is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema, params)
+        return ((params, opt_state, ema), data, perm, rng), loss
 
-    def run(params, opt_state, data, perm, start, rng, num_steps: int):
-        (params, opt_state, *_), losses = jax.lax.scan(
-            one_step, (params, opt_state, data, perm, rng), start + jnp.arange(num_steps)
-        )
-        return params, opt_state, losses.mean()
+    def run(state, data, perm, start, rng, num_steps: int):
+        (state, *_), losses = jax.lax.scan(one_step, (state, data, perm, rng), start + jnp.arange(num_steps))
+        return state, losses.mean()
 
     return run
+
+
+def ema_weights(ema, decay: float, updates: int):
+    """The zero-debiased average after ``updates`` updates (numpy trees)."""
+    import jax
+
+    scale = 1.0 / (1.0 - decay ** max(updates, 1))
+    return jax.tree.map(lambda e: (np.asarray(e) * scale).astype(np.asarray(e).dtype), ema)
 
 
 def _dataset_names(config: BCConfig) -> list[str]:
@@ -228,13 +244,14 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, "FlowPolicy", dict],
 
     optimizer = make_optimizer(config)
     opt_state = jax.jit(jax.vmap(optimizer.init))(params)
+    ema = None if config.ema_decay is None else jax.tree.map(np.zeros_like, params)
     start_epoch = 0
     state_dir = out / process_file(TRAIN_STATE)
     run_file = out / process_file(results.RUN_FILE)
     resume_key = _resume_key(config, names)
     results.check_run_file(run_file, resume_key)
     if (state_dir / checkpoints.META).is_file():
-        (params, opt_state), meta = checkpoints.load(state_dir, (params, opt_state))
+        (params, opt_state, ema), meta = checkpoints.load(state_dir, (params, opt_state, ema))
         start_epoch = int(meta["epoch"]) + 1
     # Everything is checked: from here on the run writes.
     results.write_run_file(run_file, resume_key)
@@ -250,16 +267,17 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, "FlowPolicy", dict],
         placement = parallel.level_sharding(len(names))
     else:  # every device holds all of it and computes its share of each batch
         placement = jax.sharding.NamedSharding(split_batch.mesh, jax.sharding.PartitionSpec())
-    data, params, opt_state = jax.device_put((data, params, opt_state), placement)
+    data, state = jax.device_put((data, (params, opt_state, ema)), placement)
 
-    run_steps = make_train_steps(graphdef, optimizer, delays, config.batch_size, model_config.horizon, split_batch)
+    run_steps = make_train_steps(graphdef, optimizer, delays, config.batch_size, model_config.horizon, split_batch,
+                                 config.ema_decay)
     steps_per_call = max(1, min(steps_per_epoch, 50))
     compiled = {}
 
     def call(n):
         if n not in compiled:
-            compiled[n] = jax.jit(jax.vmap(lambda p, o, d, perm, s, r: run_steps(p, o, d, perm, s, r, n),
-                                           in_axes=(0, 0, 0, 0, None, 0)))
+            compiled[n] = jax.jit(jax.vmap(lambda st, d, perm, s, r: run_steps(st, d, perm, s, r, n),
+                                           in_axes=(0, 0, 0, None, 0)))
         return compiled[n]
 
     stats_path = out / process_file("stats.csv")
@@ -283,7 +301,7 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, "FlowPolicy", dict],
                    unit="step", leave=False)
         while done_steps < steps_per_epoch:
             n = min(steps_per_call, steps_per_epoch - done_steps)
-            params, opt_state, loss = call(n)(params, opt_state, data, perms, jnp.int32(done_steps), keys)
+            state, loss = call(n)(state, data, perms, jnp.int32(done_steps), keys)
             losses.append(np.asarray(loss) * n)
             done_steps += n
             bar.update(n)
@@ -291,9 +309,12 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, "FlowPolicy", dict],
         bar.close()
         epoch_loss = np.sum(losses, axis=0) / steps_per_epoch
         rows = []
-        host_params = jax.device_get(params)
+        host_state = jax.device_get(state)
+        # The policy of the epoch: the last weights, or their running average.
+        weights = host_state[0] if config.ema_decay is None else \
+            ema_weights(host_state[2], config.ema_decay, (epoch + 1) * steps_per_epoch)
         for i, name in enumerate(names):
-            policy = nnx.merge(graphdef, jax.tree.map(lambda x: x[i], host_params))
+            policy = nnx.merge(graphdef, jax.tree.map(lambda x: x[i], weights))
             row = {"epoch": epoch, "level": name, "loss": float(epoch_loss[i]), "steps": (epoch + 1) * steps_per_epoch,
                    "seconds": round(time.perf_counter() - started, 2)}
             if evaluate is not None:
@@ -301,7 +322,7 @@ def train_policy(config: BCConfig, evaluate: Callable[[str, "FlowPolicy", dict],
             checkpoints.save_policy(policy_store.epoch_dir(out, name, epoch), policy, {**meta_common, "level": name,
                                                                            "epoch": epoch, "stats": row})
             rows.append(row)
-        checkpoints.save(state_dir, (host_params, jax.device_get(opt_state)), {"kind": "bc_train_state", "epoch": epoch})
+        checkpoints.save(state_dir, host_state, {"kind": "bc_train_state", "epoch": epoch})
         results.append_rows(stats_path, rows)
         if log is not None:
             log(rows)
