@@ -35,6 +35,21 @@ def diagnostics(policy_path: Path, data_dir: Path, level: str, n: int, seed: int
             "rtc_guidance_change": float(figures[("guidance_change", d)]), "observations": n}
 
 
+def eval_delays(level_args: list[str], out: Path, methods: list[str], num_envs: int, policy: Path, seed: int) -> None:
+    """``rtchunk eval`` of one policy at d = 0..4 with s = max(d, 1) on the shrunk level (it resumes)."""
+    rtchunk("eval", *level_args, "--out", str(out), "--methods", *methods, "--delays", "0", "1", "2", "3", "4",
+            "--shortest-horizon-only", "--num-envs", str(num_envs), "--policy-dir", str(policy), "--shrink",
+            "--seed", str(seed))
+
+
+def finish(out: Path, rows: list[dict], label: str, runs: list[tuple[str, Path]], methods: list[str]) -> None:
+    """Write ``diagnostics.csv`` and ``summary.md`` (the solve-rate table) under ``out`` and print the table."""
+    write_csv(out / "diagnostics.csv", rows)
+    lines = solve_table(label, runs, methods)
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def write_csv(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

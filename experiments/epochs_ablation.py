@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablation_common import diagnostics, rtchunk, solve_table, write_csv
+from ablation_common import diagnostics, eval_delays, finish
 
 
 def main() -> int:
@@ -37,17 +37,12 @@ def main() -> int:
     level_args = ["--levels", args.level] + ([] if args.level_dir is None else ["--level-dir", str(args.level_dir)])
     for e in args.epochs:
         checkpoint = policy_dir / f"epoch_{e - 1:03d}"
-        rtchunk("eval", *level_args, "--out", str(args.out / checkpoint.name), "--methods", *args.methods,
-                "--delays", "0", "1", "2", "3", "4", "--shortest-horizon-only", "--num-envs", str(args.eval_envs),
-                "--policy-dir", str(checkpoint), "--shrink", "--seed", str(args.seed))
+        eval_delays(level_args, args.out / checkpoint.name, args.methods, args.eval_envs, checkpoint, args.seed)
         rows.append({"epochs": e, **diagnostics(checkpoint, args.level_root / "data", args.level, 512, args.seed,
                                                 s=3, d=2)})
         print(rows[-1], flush=True)
-    write_csv(args.out / "diagnostics.csv", rows)
-    lines = solve_table("epochs", [(str(e), args.out / f"epoch_{e - 1:03d}" / "results.csv") for e in args.epochs],
-                        args.methods)
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    finish(args.out, rows, "epochs", [(str(e), args.out / f"epoch_{e - 1:03d}" / "results.csv") for e in args.epochs],
+           args.methods)
     return 0
 
 

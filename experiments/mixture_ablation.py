@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ablation_common import diagnostics, rtchunk, solve_table, write_csv
+from ablation_common import diagnostics, eval_delays, finish, rtchunk
 
 
 def main() -> int:
@@ -45,16 +45,11 @@ def main() -> int:
                 "--quick-eval-envs", "0", "--model.channel-dim", "128", "--model.channel-hidden-dim", "256",
                 "--model.token-hidden-dim", "32", "--model.num-layers", "2", "--seed", str(args.seed))
         level_args = ["--levels", args.level] + ([] if args.level_dir is None else ["--level-dir", str(args.level_dir)])
-        rtchunk("eval", *level_args, "--out", str(root / "eval"), "--methods", *args.methods,
-                "--delays", "0", "1", "2", "3", "4", "--shortest-horizon-only", "--num-envs", str(args.eval_envs),
-                "--policy-dir", str(root / "policy"), "--shrink", "--seed", str(args.seed))
+        eval_delays(level_args, root / "eval", args.methods, args.eval_envs, root / "policy", args.seed)
         rows.append({"experts": k, **diagnostics(root / "policy", root / "data", args.level, 512, args.seed, s=3, d=2)})
         print(rows[-1], flush=True)
-    write_csv(args.out / "diagnostics.csv", rows)
-    lines = solve_table("experts", [(str(k), args.out / f"k{k}" / "eval" / "results.csv") for k in args.mixtures],
-                        args.methods)
-    (args.out / "summary.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    finish(args.out, rows, "experts", [(str(k), args.out / f"k{k}" / "eval" / "results.csv") for k in args.mixtures],
+           args.methods)
     return 0
 
 
