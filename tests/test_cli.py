@@ -148,6 +148,7 @@ CASES = [
     (["train-policy", "--out-dir", "{out}/bc", "--data-dir", "{in}/one_dataset"], "it is one dataset itself"),
     (["train-policy", "--out-dir", "{out}/bc", "--data-dir", "{in}/data_bad"], "is corrupt or truncated"),
     (["train-policy", "--out-dir", "{out}/bc", "--quick-eval-envs", "-1"], "--quick-eval-envs must be >= 0"),
+    (["train-policy", "--out-dir", "{out}/bc", "--ema-decay", "1.5"], "--ema-decay must be in (0, 1) or None"),
     (["levels", "shrink", "--episodes", "-1"], "--episodes must be an integer >= 0, got -1"),
     (["levels", "show", "--levels", "{in}/bad_level.json"], "is not a readable Kinetix level"),
     (["levels", "show", "--levels", "nope"], "no level 'nope'"),
@@ -169,6 +170,8 @@ CASES = [
     (["demo", "--out-dir", "{out}/demo", "--finetune.simulated-delay", "0"],
      "--finetune.simulated-delay must be in [1, horizon=8]"),
     (["demo", "--out-dir", "{out}/demo", "--min-experts", "9"], "--min-experts must be in [1, 8]"),
+    (["demo", "--out-dir", "{out}/demo", "--experts.stop-at-solve-rate", "0.5"],
+     "--experts.stop-at-solve-rate must be in [--threshold = 0.65, 1]"),
     (["sample-demo", "--inference-delay", "9"], "--inference-delay must be in [0, H - execute_horizon = 5]"),
     (["reproduce", "--out-dir", "{out}/r", "--min-experts", "99"], "--min-experts must be in [1, 16]"),
     (["reproduce", "--out-dir", "{out}/r", "--bc.out-dir", "x"], "--bc.out-dir is set by rtchunk reproduce"),
@@ -177,7 +180,7 @@ CASES = [
     (["reproduce", "--out-dir", "{out}/r", "--experts.ppo.num-envs", "0"], "--experts.ppo.num-envs must be >= 1"),
     (["reproduce", "--out-dir", "{out}/r", "--finetune.init-epoch", "40"], "--finetune.init-epoch must be in [0, "),
     (["reproduce", "--out-dir", "{out}/r", "--levels", "nope"], "no level 'nope'"),
-    (["reproduce", "--preset", "cpu", "--out-dir", "{out}/r", "--weak-epoch", "8"], "--weak-epoch must be in [0, "),
+    (["reproduce", "--preset", "cpu", "--out-dir", "{out}/r", "--weak-epoch", "10"], "--weak-epoch must be in [0, "),
 ]
 
 
