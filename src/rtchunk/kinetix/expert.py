@@ -271,12 +271,14 @@ def train_on_levels(level_list, env_config, settings: TrainerSettings, out_dir: 
 
 
 def best_solve_rates(out_dir: Path, names: Sequence[str], num_seeds: int) -> np.ndarray:
-    """[levels * seeds] (level-major): each learner's best solve rate over a run's checkpoints (0 if none)."""
+    """[levels * seeds] (level-major): each learner's best solve rate over a run's checkpoints (0 if none),
+    the checkpoint ``select_experts`` takes."""
     best = np.zeros(len(names) * num_seeds)
-    for path in checkpoint_dirs(out_dir):
-        for row in checkpoints.load_meta(path)["stats"]:
-            j = list(names).index(row["level"]) * num_seeds + int(row["seed"])
-            best[j] = max(best[j], row["solve_rate"])
+    if not any(checkpoint_dirs(run) for run in run_dirs(out_dir)):
+        return best
+    for name, chosen in select_experts(out_dir, threshold=0.0).items():
+        for entry in chosen:
+            best[list(names).index(name) * num_seeds + entry["seed"]] = entry["solve_rate"]
     return best
 
 
