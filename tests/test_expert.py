@@ -146,3 +146,15 @@ def test_stop_at_solve_rate_ends_the_run_once_every_learner_reached_it(tmp_path)
     assert expert.run_finished(out, SETTINGS)
     with pytest.raises(ValueError, match="stop_at_solve_rate"):
         dataclasses.replace(SETTINGS, stop_at_solve_rate=0.0)
+
+
+def test_stop_at_solved_seeds_counts_each_level():
+    settings = dataclasses.replace(SETTINGS, stop_at_solve_rate=0.6, stop_at_solved_seeds=1)
+    best = np.array([0.7, 0.0, 0.0, 0.9])  # [levels a, b] x [seeds 0, 1], level-major
+    assert expert.enough_solved(best, settings)
+    assert not expert.enough_solved(best, dataclasses.replace(settings, stop_at_solved_seeds=None))  # all of them
+    assert not expert.enough_solved(np.array([0.7, 0.8, 0.5, 0.0]), settings)  # level b has none
+    assert not expert.enough_solved(best, dataclasses.replace(settings, stop_at_solve_rate=None))
+    assert expert.enough_solved(np.array([0.7, 0.8, 0.6, 0.9]), dataclasses.replace(settings, stop_at_solved_seeds=2))
+    with pytest.raises(ValueError, match=r"stop_at_solved_seeds must be in \[1, num_seeds = 2\]"):
+        dataclasses.replace(SETTINGS, stop_at_solved_seeds=3)

@@ -132,13 +132,16 @@ def test_too_few_solving_experts_exclude_the_level_loudly(smoke_run, tmp_path):
     assert reproduce.stage_record(tmp_path, LEVEL, "data") is None
 
 
-def _fake_trainer(rates_by_round: dict[int, list[list[float]]], trained: list[int]):
+def _fake_trainer(rates_by_round: dict[int, list[list[float]]], trained: list[int], stops: list | None = None):
     """Stands in for PPO: writes the run file and stats.csv an expert run of these solve rates would (per
-    seed, one rate per checkpoint), for the round whose seed offset it is given."""
+    seed, one rate per checkpoint), for the round whose seed offset it is given; ``stops`` receives each
+    round's ``stop_at_solved_seeds``."""
 
     def train(level_list, env_config, settings, out_dir):
         round_index = settings.seed // 1000
         trained.append(round_index)
+        if stops is not None:
+            stops.append(settings.stop_at_solved_seeds)
         Path(out_dir).mkdir(parents=True)
         (Path(out_dir) / "run.json").write_text("{}")
         rows = [{"update": u + 1, "env_steps": 100 * (u + 1), "level": LEVEL, "seed": seed, "solve_rate": rate}
@@ -183,6 +186,24 @@ def test_extra_seed_rounds_then_exclusion(monkeypatch, tmp_path, min_experts, ex
         assert "message" not in record
 
 
+def test_with_a_stop_rate_each_round_stops_at_the_experts_its_level_still_needs(monkeypatch, tmp_path):
+    from rtchunk.kinetix import expert, levels
+
+    trained, stops = [], []
+    rates = {0: [[0.7, 0.9], [0.1, 0.2]], 1: [[0.5, 0.7], [0.6, 0.5]]}  # round 0: one solves; round 1: one
+    monkeypatch.setattr(expert, "train_on_levels", _fake_trainer(rates, trained, stops))
+    monkeypatch.setattr(levels, "load_level", lambda path: None)
+    experts = dataclasses.replace(SMOKE.experts, stop_at_solve_rate=0.65)
+    config = dataclasses.replace(SMOKE, out_dir=tmp_path, threshold=0.65, min_experts=2, experts=experts)
+    record = reproduce.run_experts(config, Path("unused.json"), reproduce.level_dirs(tmp_path, LEVEL), lambda m: None)
+    assert trained == [0, 1] and stops == [2, 1] and record["solving"] == 2
+    without = tmp_path / "without"
+    stops.clear()
+    reproduce.run_experts(dataclasses.replace(config, out_dir=without, experts=SMOKE.experts), Path("unused.json"),
+                          reproduce.level_dirs(without, LEVEL), lambda m: None)
+    assert stops == [None, None]  # no stop rate: every round trains its whole budget
+
+
 def test_a_changed_setting_is_refused_for_an_existing_run(smoke_run):
     out, *_ = smoke_run
     with pytest.raises(ValueError, match="different settings"):
@@ -199,6 +220,8 @@ def test_a_changed_setting_is_refused_for_an_existing_run(smoke_run):
     ({"eval": dataclasses.replace(SMOKE.eval, delays=(3,))}, "--eval.delays must be <= H/2 = 2"),
     ({"eval": dataclasses.replace(SMOKE.eval, policy_dir=Path("p"))}, "--eval.policy-dir is set by rtchunk reproduce"),
     ({"experts": dataclasses.replace(SMOKE.experts, seed=3)}, "--experts.seed is set from --seed"),
+    ({"experts": dataclasses.replace(SMOKE.experts, stop_at_solved_seeds=1)},
+     "--experts.stop-at-solved-seeds is set by rtchunk reproduce"),
     ({"shrink": False}, "--experts.compact-obs observes the shrunk level: it needs --shrink"),
 ])
 def test_bad_settings_are_refused_naming_the_flag(change, message):

@@ -32,8 +32,8 @@ PRESETS = {
         # method beats naive, with four they separate); a failing round costs a second round of four new
         # seeds rather than a mixture of one. The cpu preset's PPO (64 environments a seed, compact
         # observations) for up to 196k steps (on h17_unicycle 3 of 4 seeds solved by 164k), stopping as
-        # soon as every seed has solved; each checkpoint judged on 32 episodes (its evaluation costs a
-        # third of PPO's physics at 64).
+        # soon as three seeds have solved (a second round stops at the seeds still missing); each checkpoint
+        # judged on 32 episodes (its evaluation costs a third of PPO's physics at 64).
         experts=dataclasses.replace(
             _CPU.experts, num_seeds=4, num_eval_envs=32, stop_at_solve_rate=_CPU.threshold,
             ppo=dataclasses.replace(_CPU.experts.ppo, total_timesteps=196_608)),

@@ -56,6 +56,9 @@ class TrainerSettings:
     stop_at_solve_rate: float | None = None
     """Stop before the budget once every learner has reached this solve rate at some checkpoint (its best
     is what ``select_experts`` takes), e.g. the mixture's threshold; None: train the whole budget."""
+    stop_at_solved_seeds: int | None = None
+    """With ``stop_at_solve_rate``: stop once this many learners of every level have reached it (None: all of
+    them). ``rtchunk reproduce`` sets it per round to the solving seeds its level still needs."""
     compact_obs: bool = False
     """The experts observe the shrunk level (``EnvConfig.compact_obs``; needs shrinking): the same
     information in a fraction of the inputs, and the same networks as on the papers' full-layout frames
@@ -73,6 +76,9 @@ class TrainerSettings:
             raise ValueError(f"num_eval_envs must be >= 0, got {self.num_eval_envs}")
         if self.stop_at_solve_rate is not None and not 0.0 < self.stop_at_solve_rate <= 1.0:
             raise ValueError(f"stop_at_solve_rate must be in (0, 1] or None, got {self.stop_at_solve_rate}")
+        if self.stop_at_solved_seeds is not None and not 1 <= self.stop_at_solved_seeds <= self.num_seeds:
+            raise ValueError(f"stop_at_solved_seeds must be in [1, num_seeds = {self.num_seeds}] or None, got "
+                             f"{self.stop_at_solved_seeds}")
 
 
 def expert_env(settings: TrainerSettings, *, shrink: bool, max_timesteps: int):
@@ -117,7 +123,7 @@ def train_experts(
            "obs_dim": env.obs_dim, "action_dim": env.action_dim, **(run_info or {})}
     resume_key = to_jsonable({**run, "settings": dataclasses.replace(settings, progress=True)})
     resume_key["settings"].pop("ppo")
-    for free in ("video_envs", "stop_at_solve_rate"):  # change what is kept or when to stop, not the results
+    for free in ("video_envs", "stop_at_solve_rate", "stop_at_solved_seeds"):  # change what is kept or when to stop, not the results
         resume_key["settings"].pop(free)
     resume_key["ppo"] = {k: v for k, v in to_jsonable(cfg).items() if k != "total_timesteps"}
     results.check_run_file(out / RUN_FILE, resume_key)
@@ -157,10 +163,10 @@ def train_experts(
     # Each learner's best checkpoint solve rate so far (for stop_at_solve_rate; also after a resume).
     best = best_solve_rates(out, names, num_seeds)
 
-    def all_solved() -> bool:
-        return _reached(best, settings.stop_at_solve_rate)
+    def enough() -> bool:
+        return enough_solved(best, settings)
 
-    if settings.num_eval_envs > 0 and start < cfg.num_updates and not all_solved():  # compile side by side
+    if settings.num_eval_envs > 0 and start < cfg.num_updates and not enough():  # compile side by side
         mask = jnp.arange(settings.updates_per_call) < settings.updates_per_call
         parallel.precompile([(many_updates, (runner, learner_levels, mask)),
                              (evaluate, (runner.params, learner_levels, jax.random.key(0)))])
@@ -225,7 +231,7 @@ def train_experts(
     last_saved = start
     try:
         done = start
-        while done < total and not all_solved():
+        while done < total and not enough():
             n = min(settings.updates_per_call, total - done,
                     settings.checkpoint_every - done % settings.checkpoint_every)
             mask = jnp.arange(settings.updates_per_call) < n
@@ -243,8 +249,10 @@ def train_experts(
             if done % settings.checkpoint_every == 0 or done == total:
                 best = np.maximum(best, [r["solve_rate"] for r in save(done, with_checkpoint=True)])
                 last_saved = done
-                if all_solved() and done < total and settings.progress:
-                    print(f"  every seed has reached solve rate {settings.stop_at_solve_rate}: stopping at update "
+                if enough() and done < total and settings.progress:
+                    seeds = ("every seed" if settings.stop_at_solved_seeds in (None, num_seeds)
+                             else f"{settings.stop_at_solved_seeds} seeds of each level")
+                    print(f"  {seeds} reached solve rate {settings.stop_at_solve_rate}: stopping at update "
                           f"{done} of {total}")
     except KeyboardInterrupt:
         if int(jax.device_get(runner.update)) > last_saved:
@@ -282,20 +290,25 @@ def best_solve_rates(out_dir: Path, names: Sequence[str], num_seeds: int) -> np.
     return best
 
 
-def _reached(best: np.ndarray, stop_at: float | None) -> bool:
-    return stop_at is not None and bool(np.all(best >= stop_at))
+def enough_solved(best: np.ndarray, settings: TrainerSettings) -> bool:
+    """Whether ``best`` ([levels * seeds], level-major best solve rates) meets ``settings``' stop rule:
+    ``stop_at_solved_seeds`` (default: all) learners of every level at ``stop_at_solve_rate`` or above."""
+    if settings.stop_at_solve_rate is None:
+        return False
+    solved = (np.asarray(best).reshape(-1, settings.num_seeds) >= settings.stop_at_solve_rate).sum(axis=1)
+    return bool(np.all(solved >= (settings.stop_at_solved_seeds or settings.num_seeds)))
 
 
 def run_finished(out_dir: Path, settings: TrainerSettings) -> bool:
-    """Whether an expert run is over: it reached its last update, or every learner reached
-    ``settings.stop_at_solve_rate`` (then it is read, not resumed)."""
+    """Whether an expert run is over: it reached its last update, or enough learners reached
+    ``settings.stop_at_solve_rate`` as ``enough_solved`` counts (then it is read, not resumed)."""
     done = checkpoint_dirs(out_dir)
     if not done:
         return False
     if int(checkpoints.load_meta(done[-1])["update"]) >= settings.ppo.num_updates:
         return True
     names = read_json(Path(out_dir) / RUN_FILE, "expert run file")["names"]
-    return _reached(best_solve_rates(out_dir, names, settings.num_seeds), settings.stop_at_solve_rate)
+    return enough_solved(best_solve_rates(out_dir, names, settings.num_seeds), settings)
 
 
 def _stat_rows(stats: dict[str, np.ndarray], names, num_seeds, update_index, env_steps):

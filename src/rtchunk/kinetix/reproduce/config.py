@@ -117,6 +117,9 @@ class ReproduceConfig:
         if stop is not None and stop < self.threshold:
             raise ValueError(f"--experts.stop-at-solve-rate must be in [--threshold = {self.threshold}, 1] or None "
                              f"(it would stop before the seeds qualify), got {stop}")
+        if self.experts.stop_at_solved_seeds is not None:
+            raise ValueError("--experts.stop-at-solved-seeds is set by rtchunk reproduce (each round stops once the "
+                             "level has --min-experts solving seeds); leave it out")
         if self.experts.seed != TrainerSettings().seed:
             raise ValueError("--experts.seed is set from --seed by rtchunk reproduce; leave it out")
         template = _default_bc()

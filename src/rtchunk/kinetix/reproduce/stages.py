@@ -89,6 +89,8 @@ def run_experts(config: ReproduceConfig, level_file: Path, dirs: LevelDirs, log:
             log(f"{dirs.name}: {solving} of {len(rows)} seeds reached solve rate {config.threshold:.2f} (needs "
                 f"{config.min_experts}): training {config.experts.num_seeds} more (round {r})")
         settings = dc.replace(config.experts, seed=config.seed + 1000 * r, progress=config.progress)
+        if settings.stop_at_solve_rate is not None:  # stop once the level has enough experts, not all
+            settings = dc.replace(settings, stop_at_solved_seeds=min(settings.num_seeds, config.min_experts - solving))
         if not expert.run_finished(dirs.experts(r), settings):  # else read it: no physics to trace
             if level is None:
                 level = levels_lib.load_level(level_file)
