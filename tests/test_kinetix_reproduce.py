@@ -103,6 +103,22 @@ def test_every_stage_leaves_its_output(smoke_run):
         assert part in text, part
 
 
+def test_without_trained_prefix_or_bid_the_fine_tune_and_their_diagnostics_are_skipped(smoke_run, tmp_path):
+    out, *_ = smoke_run
+    source = reproduce.level_dirs(out, LEVEL)
+    dirs = reproduce.level_dirs(tmp_path, LEVEL)
+    for part in ("data", "policy"):
+        shutil.copytree(source.root / part, dirs.root / part)
+    config = dataclasses.replace(SMOKE, out_dir=tmp_path, eval=dataclasses.replace(SMOKE.eval, methods=("naive", "rtc")))
+    assert not config.fine_tunes and SMOKE.fine_tunes
+    log: list[str] = []
+    record = reproduce.run_finetune(config, Path("unused.json"), dirs, log.append)
+    assert record == {"skipped": "trained_prefix is not evaluated"} and not dirs.policy_rtc.exists()
+    assert "no training-time-RTC fine-tune" in log[0]
+    reproduce.run_diagnostics(config, Path("unused.json"), dirs, log.append)
+    assert {r["policy"] for r in _rows(dirs.diagnostics)} == {"bc"}
+
+
 def test_a_finished_run_only_prints_its_report(smoke_run):
     out, summary, *_ = smoke_run
     before = _snapshot(out)

@@ -47,8 +47,8 @@ from rtchunk.kinetix.reproduce.config import (PAPER_METHODS, PER_LEVEL, STAGES, 
                                               ReproduceConfig, resume_key)
 from rtchunk.kinetix.reproduce.layout import LevelDirs, excluded, level_dirs, report_dir, stage_record
 from rtchunk.kinetix.reproduce.protocol import LEVEL_STAGES, Plan, plan, run
-from rtchunk.kinetix.reproduce.stages import run_experts, seed_rows
+from rtchunk.kinetix.reproduce.stages import run_diagnostics, run_experts, run_finetune, seed_rows
 
 __all__ = ["PAPER_METHODS", "PER_LEVEL", "STAGES", "LEVEL_STAGES", "DataSettings", "DiagnosticsSettings",
            "ReproduceConfig", "resume_key", "LevelDirs", "excluded", "level_dirs", "report_dir", "stage_record",
-           "Plan", "plan", "run", "run_experts", "seed_rows"]
+           "Plan", "plan", "run", "run_diagnostics", "run_experts", "run_finetune", "seed_rows"]

@@ -164,6 +164,11 @@ class ReproduceConfig:
     def horizon(self) -> int:
         return self.bc.model.horizon
 
+    @property
+    def fine_tunes(self) -> bool:
+        """Whether the fine-tune stage trains (only trained_prefix evaluates its model)."""
+        return "trained_prefix" in self.eval.methods
+
 
 def resume_key(config: ReproduceConfig) -> dict:
     """The settings every stage's outputs depend on (the level list may grow between runs)."""

@@ -144,6 +144,9 @@ def run_policy(config: ReproduceConfig, level_file: Path, dirs: LevelDirs, log: 
 
 
 def run_finetune(config: ReproduceConfig, level_file: Path, dirs: LevelDirs, log: Log) -> dict:
+    if not config.fine_tunes:
+        log(f"{dirs.name}: no training-time-RTC fine-tune (trained_prefix is not among --eval.methods)")
+        return {"skipped": "trained_prefix is not evaluated"}
     return _train(finetune_config(config, dirs), dirs, dirs.policy_rtc)
 
 

@@ -144,9 +144,8 @@ def write_summary(config: ReproduceConfig, names: list[str], files: dict[str, Pa
               f"- experts: {config.experts.num_seeds} seeds x {config.experts.ppo.total_timesteps:,} steps per round, "
               f"threshold {config.threshold:.2f}, at least {config.min_experts} solving seeds "
               f"(up to {config.extra_seed_rounds} extra round(s)); data: {config.data.steps_per_level:,} transitions; "
-              f"BC {config.bc.num_epochs} epochs, training-time RTC {config.finetune.num_epochs} epochs from epoch "
-              f"{config.finetune.init_epoch if config.finetune.init_epoch is not None else config.bc.num_epochs - 1} "
-              f"(0-based); BID's weak policy: epoch {config.weak_epoch}",
+              f"BC {config.bc.num_epochs} epochs" + _finetune_words(config) + (
+                  f"; BID's weak policy: epoch {config.weak_epoch}" if "bid" in config.eval.methods else ""),
               f"- evaluation: {config.eval.num_envs} environments per point, first episode of each counted; solve "
               f"rates with Wilson 95 % intervals", ""]
     if eval_rows:
@@ -189,3 +188,10 @@ def write_summary(config: ReproduceConfig, names: list[str], files: dict[str, Pa
     path = out / "summary.md"
     atomic_write_text(path, "\n".join(parts))
     return path
+
+
+def _finetune_words(config: ReproduceConfig) -> str:
+    if not config.fine_tunes:
+        return " (no training-time-RTC fine-tune: trained_prefix is not evaluated)"
+    init = config.finetune.init_epoch if config.finetune.init_epoch is not None else config.bc.num_epochs - 1
+    return f", training-time RTC {config.finetune.num_epochs} epochs from epoch {init} (0-based)"
