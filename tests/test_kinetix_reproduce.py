@@ -246,6 +246,16 @@ def test_bad_settings_are_refused_naming_the_flag(change, message):
     assert str(info.value).startswith(message), str(info.value)
 
 
+def test_the_fine_tunes_start_and_the_weak_epoch_are_checked_only_where_they_are_used():
+    unused = dataclasses.replace(SMOKE, weak_epoch=5, finetune=dataclasses.replace(SMOKE.finetune, init_epoch=5),
+                                 eval=dataclasses.replace(SMOKE.eval, methods=("naive", "rtc")))
+    assert not unused.fine_tunes
+    with pytest.raises(ValueError, match="--weak-epoch must be in"):
+        dataclasses.replace(unused, eval=dataclasses.replace(SMOKE.eval, methods=("naive", "bid")))
+    with pytest.raises(ValueError, match="--finetune.init-epoch must be in"):
+        dataclasses.replace(unused, weak_epoch=0, eval=dataclasses.replace(SMOKE.eval, methods=("trained_prefix",)))
+
+
 def test_experts_of_every_level_run_first_then_one_level_at_a_time(tmp_path):
     from rtchunk.files import write_json
 

@@ -135,10 +135,11 @@ class ReproduceConfig:
         if self.finetune.simulated_delay is None:
             raise ValueError("--finetune.simulated-delay must be set (training-time RTC: delays 0..D-1)")
         epochs = self.bc.num_epochs
-        if self.finetune.init_epoch is not None and not 0 <= self.finetune.init_epoch < epochs:
+        # The fine-tune's start and BID's weak policy are checked only where the sweep uses them.
+        if self.fine_tunes and self.finetune.init_epoch is not None and not 0 <= self.finetune.init_epoch < epochs:
             raise ValueError(f"--finetune.init-epoch must be in [0, --bc.num-epochs - 1 = {epochs - 1}] (0-based), "
                              f"got {self.finetune.init_epoch}")
-        if not 0 <= self.weak_epoch < epochs:
+        if "bid" in self.eval.methods and not 0 <= self.weak_epoch < epochs:
             raise ValueError(f"--weak-epoch must be in [0, --bc.num-epochs - 1 = {epochs - 1}] (0-based), "
                              f"got {self.weak_epoch}")
         eval_template = EvalConfig()
