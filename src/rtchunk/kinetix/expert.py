@@ -250,8 +250,8 @@ def train_experts(
                 best = np.maximum(best, [r["solve_rate"] for r in save(done, with_checkpoint=True)])
                 last_saved = done
                 if enough() and done < total and settings.progress:
-                    seeds = ("every seed" if settings.stop_at_solved_seeds in (None, num_seeds)
-                             else f"{settings.stop_at_solved_seeds} seeds of each level")
+                    n = settings.stop_at_solved_seeds
+                    seeds = ("every seed" if n in (None, num_seeds) else f"{n} seed{'s' * (n != 1)} of each level")
                     print(f"  {seeds} reached solve rate {settings.stop_at_solve_rate}: stopping at update "
                           f"{done} of {total}")
     except KeyboardInterrupt:
