@@ -41,8 +41,8 @@ def trained(tmp_path_factory):
 
 def test_live_runs_every_method_with_injected_latency(trained, tmp_path):
     config = live.LiveConfig(policy_dir=trained / "policy", trained_prefix_policy_dir=trained / "policy_rtc",
-                             extra_latency_ms=(0.0, 45.0), control_hz=100.0, replan=Paper(s_min=2), episodes=2,
-                             out=tmp_path / "out")
+                             methods=live.LIVE_METHODS, extra_latency_ms=(0.0, 45.0), control_hz=100.0,
+                             replan=Paper(s_min=2), episodes=2, out=tmp_path / "out")
     rows = live.run(config)
     assert [(r["method"], r["extra_latency_ms"]) for r in rows] == [
         (m, ms) for m in ("naive", "rtc", "trained_prefix") for ms in (0.0, 45.0)]
@@ -74,8 +74,9 @@ def test_live_says_how_to_get_a_policy(tmp_path, capsys):
 
 def test_live_refuses_an_untrained_prefix_model(trained, tmp_path):
     with pytest.raises(ValueError, match="simulated-delay"):
-        live.load_live_policies(live.LiveConfig(policy_dir=trained / "policy",
+        live.load_live_policies(live.LiveConfig(policy_dir=trained / "policy", methods=live.LIVE_METHODS,
                                                 trained_prefix_policy_dir=trained / "policy"))
+    assert live.LiveConfig().methods == ("naive", "rtc")  # the demo's: it trains no training-time-RTC model
 
 
 def test_live_config_errors_name_the_parameter():

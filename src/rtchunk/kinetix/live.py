@@ -37,20 +37,22 @@ from rtchunk.runtime.conditions import Paper, Queue, ReplanCondition, SinceSwap
 from rtchunk.runtime.robots import SimulatedRobot
 
 LIVE_METHODS = ("naive", "rtc", "trained_prefix")
+DEFAULT_METHODS = ("naive", "rtc")
+"""The demo's methods (it trains no training-time-RTC model; ``rtchunk reproduce`` does)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class LiveConfig:
     policy_dir: Path = Path("runs/demo/levels/h17_unicycle/policy")
     """A `rtchunk train-policy` run or checkpoint, used for naive and RTC (the demo writes one here)."""
-    trained_prefix_policy_dir: Path = Path("runs/demo/levels/h17_unicycle/policy_rtc")
-    """A model trained with --simulated-delay, used for trained_prefix (the demo's fine-tune)."""
+    trained_prefix_policy_dir: Path = Path("runs/reproduce-cpu/levels/h17_unicycle/policy_rtc")
+    """A model trained with --simulated-delay, used for trained_prefix (``rtchunk reproduce``'s fine-tune)."""
     level: str | None = None
     """Level name or path; default: the level the policy's data came from."""
     level_dir: Path | None = None
     shrink: bool | None = None
     """Simulate the level compacted to its used slots; default: as in the policy's data."""
-    methods: tuple[str, ...] = LIVE_METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     """Any of: naive rtc trained_prefix."""
     extra_latency_ms: tuple[float, ...] = (0.0, 100.0)
     """Latency added to every inference (the paper's robot experiments: +100 and +200 ms)."""
