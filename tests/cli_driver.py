@@ -11,9 +11,22 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
+
+CASE_SECONDS = 90
+"""A bad input fails within seconds; a case still running after this was accepted and started real work (a
+preset changed under the table), so it is stopped and reported instead of timing the whole table out."""
+
+
+class Accepted(BaseException):  # not an Exception: the command's own error handling must not catch it
+    pass
+
+
+def _stop(signum, frame):
+    raise Accepted
 
 
 def run_case(args: list[str]) -> dict:
@@ -27,10 +40,18 @@ def run_case(args: list[str]) -> dict:
         sys.stderr.flush()
         for fd, f in files.items():
             os.dup2(f.fileno(), fd)
+        signal.signal(signal.SIGALRM, _stop)
+        signal.alarm(CASE_SECONDS)
         try:
             code = cli.main(args)
         except SystemExit as e:  # tyro's --help and parse errors exit
             code = e.code if isinstance(e.code, int) else 1
+        except Accepted:
+            code = -1
+            print(f"cli_driver: still running after {CASE_SECONDS} s, so the input was accepted; stopped",
+                  file=sys.stderr)
+        finally:
+            signal.alarm(0)
         sys.stdout.flush()
         sys.stderr.flush()
     finally:

@@ -169,7 +169,7 @@ CASES = [
     (["demo", "--out-dir", "{out}/demo", "--eval.methods", "rtcc"], "--eval.methods: unknown 'rtcc' (did you mean 'rtc'?)"),
     (["demo", "--out-dir", "{out}/demo", "--finetune.simulated-delay", "0"],
      "--finetune.simulated-delay must be in [1, horizon=8]"),
-    (["demo", "--out-dir", "{out}/demo", "--min-experts", "9"], "--min-experts must be in [1, 8]"),
+    (["demo", "--out-dir", "{out}/demo", "--min-experts", "17"], "--min-experts must be in [1, 16]"),
     (["demo", "--out-dir", "{out}/demo", "--experts.stop-at-solve-rate", "0.5"],
      "--experts.stop-at-solve-rate must be in [--threshold = 0.65, 1]"),
     (["sample-demo", "--inference-delay", "9"], "--inference-delay must be in [0, H - execute_horizon = 5]"),
@@ -181,6 +181,10 @@ CASES = [
     (["reproduce", "--out-dir", "{out}/r", "--finetune.init-epoch", "40"], "--finetune.init-epoch must be in [0, "),
     (["reproduce", "--out-dir", "{out}/r", "--levels", "nope"], "no level 'nope'"),
     (["reproduce", "--preset", "cpu", "--out-dir", "{out}/r", "--weak-epoch", "10"], "--weak-epoch must be in [0, "),
+    (["reproduce", "--out-dir", "{out}/r", "--experts.stop-at-solved-seeds", "1"],
+     "--experts.stop-at-solved-seeds is set by rtchunk reproduce"),
+    (["train-expert", "--preset", "cpu", "--out-dir", "{out}/e", "--stop-at-solved-seeds", "3"],
+     "--stop-at-solved-seeds must be in [1, num_seeds = 2]"),
 ]
 
 
