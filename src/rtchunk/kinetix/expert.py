@@ -123,7 +123,8 @@ def train_experts(
            "obs_dim": env.obs_dim, "action_dim": env.action_dim, **(run_info or {})}
     resume_key = to_jsonable({**run, "settings": dataclasses.replace(settings, progress=True)})
     resume_key["settings"].pop("ppo")
-    for free in ("video_envs", "stop_at_solve_rate", "stop_at_solved_seeds"):  # change what is kept or when to stop, not the results
+    # What is kept and when to stop change no result: free to change on resume.
+    for free in ("video_envs", "stop_at_solve_rate", "stop_at_solved_seeds"):
         resume_key["settings"].pop(free)
     resume_key["ppo"] = {k: v for k, v in to_jsonable(cfg).items() if k != "total_timesteps"}
     results.check_run_file(out / RUN_FILE, resume_key)

@@ -139,7 +139,7 @@ class ReproduceConfig:
         if self.fine_tunes and self.finetune.init_epoch is not None and not 0 <= self.finetune.init_epoch < epochs:
             raise ValueError(f"--finetune.init-epoch must be in [0, --bc.num-epochs - 1 = {epochs - 1}] (0-based), "
                              f"got {self.finetune.init_epoch}")
-        if "bid" in self.eval.methods and not 0 <= self.weak_epoch < epochs:
+        if self.uses_weak_policy and not 0 <= self.weak_epoch < epochs:
             raise ValueError(f"--weak-epoch must be in [0, --bc.num-epochs - 1 = {epochs - 1}] (0-based), "
                              f"got {self.weak_epoch}")
         eval_template = EvalConfig()
@@ -155,7 +155,7 @@ class ReproduceConfig:
         if self.horizon_sweep_delay is not None and not 0 <= self.horizon_sweep_delay <= horizon - 1:
             raise ValueError(f"--horizon-sweep-delay must be in [0, H - 1 = {horizon - 1}] or None, got "
                              f"{self.horizon_sweep_delay}")
-        if "trained_prefix" in self.eval.methods:
+        if self.fine_tunes:
             told = max((*self.eval.delays, *((self.horizon_sweep_delay,) if self.horizon_sweep_delay else ())))
             if told > self.finetune.simulated_delay - 1:
                 raise ValueError(f"--finetune.simulated-delay must be > {told} (the largest delay trained_prefix is "
@@ -169,6 +169,11 @@ class ReproduceConfig:
     def fine_tunes(self) -> bool:
         """Whether the fine-tune stage trains (only trained_prefix evaluates its model)."""
         return "trained_prefix" in self.eval.methods
+
+    @property
+    def uses_weak_policy(self) -> bool:
+        """Whether BID's weak policy (BC epoch ``weak_epoch``) is evaluated."""
+        return "bid" in self.eval.methods
 
 
 def resume_key(config: ReproduceConfig) -> dict:

@@ -72,7 +72,7 @@ def run_diagnostics(config: ReproduceConfig, dirs: LevelDirs, weak: Path) -> dic
     env_idx, step_idx = observation_pairs(data.done, config.diagnostics.num_obs, max(s for _, s in points),
                                           np.random.default_rng(config.seed))
     policies = {"bc": policy_store.find_checkpoint(dirs.policy, dirs.name)}
-    if "bid" in config.eval.methods:  # the weak policy and the fine-tuned one only where the sweep uses them
+    if config.uses_weak_policy:  # the weak policy and the fine-tuned one only where the sweep uses them
         policies["weak"] = weak
     if config.fine_tunes:
         policies["finetuned_rtc"] = policy_store.find_checkpoint(dirs.policy_rtc, dirs.name)

@@ -159,11 +159,10 @@ def weak_checkpoint(config: ReproduceConfig, dirs: LevelDirs) -> Path:
 def eval_configs(config: ReproduceConfig, level_file: Path, dirs: LevelDirs) -> list[EvalConfig]:
     """The level's sweeps: s = max(d, 1) over the delays, then every s at ``horizon_sweep_delay``. They share
     one run directory (same settings; rows are keyed by method, d and s, so the shared point runs once)."""
-    methods = config.eval.methods
     base = dataclasses.replace(
         config.eval, levels=(str(level_file),), level_dir=config.level_dir, out=dirs.eval, policy_dir=dirs.policy,
-        weak_policy_dir=weak_checkpoint(config, dirs) if "bid" in methods else None,
-        trained_prefix_policy_dir=dirs.policy_rtc if "trained_prefix" in methods else None,
+        weak_policy_dir=weak_checkpoint(config, dirs) if config.uses_weak_policy else None,
+        trained_prefix_policy_dir=dirs.policy_rtc if config.fine_tunes else None,
         shrink=config.shrink, max_timesteps=config.max_timesteps, seed=config.seed, progress=config.progress)
     sweeps = [dataclasses.replace(base, shortest_horizon_only=True)]
     if config.horizon_sweep_delay is not None:

@@ -145,7 +145,7 @@ def write_summary(config: ReproduceConfig, names: list[str], files: dict[str, Pa
               f"threshold {config.threshold:.2f}, at least {config.min_experts} solving seeds "
               f"(up to {config.extra_seed_rounds} extra round(s)); data: {config.data.steps_per_level:,} transitions; "
               f"BC {config.bc.num_epochs} epochs" + _finetune_words(config) + (
-                  f"; BID's weak policy: epoch {config.weak_epoch}" if "bid" in config.eval.methods else ""),
+                  f"; BID's weak policy: epoch {config.weak_epoch}" if config.uses_weak_policy else ""),
               f"- evaluation: {config.eval.num_envs} environments per point, first episode of each counted; solve "
               f"rates with Wilson 95 % intervals", ""]
     if eval_rows:
